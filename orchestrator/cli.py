@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.config import ConfigError, load_config, run_id
+from orchestrator.config import ConfigError, load_config, read_yaml, run_id
 from orchestrator.datasets import DatasetNotFoundError
 
 app = typer.Typer(
@@ -103,6 +103,83 @@ def run(
     summary = "  ".join(f"{k} = {v:.4f}" for k, v in result.summary.items())
     console.print(f"[bold green]done[/]  {summary}")
     console.print(f"results: {run_dir}   (MLflow: byzlab ui --output-dir {cfg.run.output_dir})", soft_wrap=True)
+
+
+def _print_outcome(outcome) -> None:
+    state = "[bold green]done[/]" if outcome.complete else "[bold yellow]incomplete[/]"
+    console.print(f"{state}  {outcome.finished}/{outcome.total} trials finished  ->  {outcome.directory}")
+    for failure in outcome.failed:
+        errors.print(f"failed: {failure}", highlight=False, soft_wrap=True)
+    if outcome.report:
+        console.print(f"table: {outcome.report[0]}  (all report files in {outcome.report[0].parent})", soft_wrap=True)
+    if not outcome.complete:
+        console.print(f"continue with: byzlab resume {outcome.directory}", soft_wrap=True)
+
+
+@app.command()
+def sweep(
+    sweep_file: str = typer.Argument(..., metavar="SWEEP", help="sweep YAML, or the name of a ready sweep (quickstart)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print trials, reservations and total work; run nothing"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address: auto or HOST:PORT"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="trials at a time"),
+    force: bool = typer.Option(False, "--force", help="delete an existing sweep of this name and start over"),
+) -> None:
+    """Run a grid of experiments on Ray Tune; ends with the report's tables and plots."""
+    from orchestrator.experiment import ensure_ray
+    from sweeps import runner
+    from sweeps.spec import load_sweep, resolve_path
+
+    try:
+        grid = load_sweep(sweep_file)
+        if dry_run:
+            runner.check_data(grid)
+            ensure_ray(address)
+            for line in runner.describe(runner.plan(grid), max_concurrent):
+                console.print(line, highlight=False, soft_wrap=True)
+            return
+        outcome = runner.launch(
+            grid, address=address, max_concurrent=max_concurrent, force=force, raw_spec=read_yaml(resolve_path(sweep_file))
+        )
+    except (ConfigError, DatasetNotFoundError) as err:
+        _fail(str(err))
+    _print_outcome(outcome)
+    if not outcome.complete:
+        raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    sweep_dir: Path = typer.Argument(..., help="the sweep's directory (byzlab-results/sweeps/<name>)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address: auto or HOST:PORT"),
+) -> None:
+    """Continue an interrupted sweep: finished trials are kept, the others continue from their checkpoints."""
+    from sweeps import runner
+
+    try:
+        outcome = runner.resume(sweep_dir, address=address)
+    except (ConfigError, DatasetNotFoundError) as err:
+        _fail(str(err))
+    _print_outcome(outcome)
+    if not outcome.complete:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    source: str = typer.Argument(..., help="a sweep directory, or an MLflow experiment name"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write (default: SWEEP_DIR/report, or "
+                                       "OUTPUT_DIR/reports/<experiment>)"),
+    output_dir: Path = typer.Option(Path("byzlab-results"), "--output-dir", help="store of an experiment name"),
+    uri: Optional[str] = typer.Option(None, "--uri", help="MLflow tracking URI (default: the output dir's store)"),
+) -> None:
+    """Paper-style tables (Markdown, CSV, LaTeX) and plots from a sweep, logged to its MLflow parent run."""
+    from sweeps import runner
+
+    try:
+        paths = runner.report(source, out=out, output_dir=output_dir, uri=uri)
+    except (ConfigError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"table: {paths[0]}  (all report files in {paths[0].parent})", soft_wrap=True)
 
 
 @app.command()

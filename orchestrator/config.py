@@ -288,14 +288,19 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{override}' must look like section.key=value")
-    parts = key.strip().split(".")
+    set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(tree, "partition.beta", 0.3)`` sets ``tree["partition"]["beta"]``, creating sections."""
+    parts = key.split(".")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
+            raise ConfigError(f"'{key}': '{part}' is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[parts[-1]] = value
 
 
 def format_validation_error(err: ValidationError) -> str:

@@ -30,7 +30,7 @@ from orchestrator.partition import PARTITIONERS, label_histograms, partition_has
 from orchestrator.seeding import Stream, numpy_rng
 from orchestrator.server_data import ServerData, prepare_server_data
 from orchestrator.storage import RunDirectory, rows_to_table
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import ParentRun, Tracker
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -61,6 +61,10 @@ class RunResult:
     summary: dict[str, float]
     metrics: pa.Table
     mlflow_run_id: str | None
+
+
+def is_checkpoint_round(cfg: ExperimentConfig, round_index: int) -> bool:
+    return round_index % cfg.run.checkpoint_every == 0 or round_index == cfg.run.rounds
 
 
 def make_partition(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray]:
@@ -109,10 +113,11 @@ def prepare_resume(path: str | Path) -> Prepared:
     return Prepared(cfg, dataset, parts, malicious, server_data, run_dir, resuming=True, finished=finished)
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or start a local one) unless this process is already connected."""
+def ensure_ray(address: str | None = None, *, log_to_driver: bool = True) -> None:
+    """Join the cluster at ``address`` (or start a local one) unless this process is already connected.
+    ``log_to_driver=False`` keeps the workers' output out of this console (a sweep's live table)."""
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=log_to_driver)
 
 
 def summarize(metrics: pa.Table) -> dict[str, float]:
@@ -183,8 +188,10 @@ def _stored_result(run_dir: RunDirectory) -> RunResult:
                      state.get("mlflow_run_id"))
 
 
-def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, address: str | None = None) -> RunResult:
-    """Run (or continue) the prepared experiment to its last round."""
+def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, address: str | None = None,
+            parent: ParentRun | None = None) -> RunResult:
+    """Run (or continue) the prepared experiment to its last round; ``on_round`` is called after each
+    round's tables and checkpoint are written. ``parent``: the sweep's MLflow run, for a child run."""
     if prepared.finished:
         return _stored_result(prepared.run_dir)
     cfg, run_dir = prepared.cfg, prepared.run_dir
@@ -208,7 +215,7 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
             shutil.rmtree(run_dir.path)
         tags = _tags(cfg, prepared)
         run_name = f"{cfg.server.aggregator}-{cfg.threat.attack}-{cfg.data.dataset}-{run_dir.run_id[:8]}"
-        tracker = Tracker.start(cfg, run_name, tags) if cfg.tracking.enabled else None
+        tracker = Tracker.start(cfg, run_name, tags, parent) if cfg.tracking.enabled else None
         mlflow_run_id = tracker.mlflow_run_id if tracker else None
         run_dir.create(
             cfg.to_dict(),
@@ -216,8 +223,9 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
              "partition_hash": tags["byzlab.partition_hash"], "malicious": prepared.malicious.tolist(),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
         )
-        run_dir.write_table(run_dir.partition_path, _partition_table(prepared))
         checkpoint, start_round, metric_rows, client_tables = None, 0, [], []
+    if not run_dir.partition_path.is_file():  # absent only if the run was killed right after creation
+        run_dir.write_table(run_dir.partition_path, _partition_table(prepared))
 
     def persist(round_index: int, server_state: dict[str, Any] | None) -> None:
         """Tables first, then the checkpoint: a crash in between leaves extra rows that resume drops."""
@@ -242,16 +250,16 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
             client_tables.append(_clients_table(report["clients"]))
             if tracker:
                 tracker.log_round(report["metrics"])
-            if round_index % cfg.run.checkpoint_every == 0 or round_index == cfg.run.rounds:
+            if is_checkpoint_round(cfg, round_index):
                 persist(round_index, ray.get(server.state_dict.remote()))
             if on_round:
                 on_round(report["metrics"])
         device = ray.get(server.describe.remote())["device"]
-    except BaseException:
+    except BaseException as err:
         persist(start_round, None)
         run_dir.update_state(status="interrupted")
         if tracker:
-            tracker.finish("KILLED")
+            tracker.finish("KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
     finally:
         for actor in [server, *clients]:
@@ -259,13 +267,13 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
 
     metrics = rows_to_table(metric_rows)
     summary = summarize(metrics)
-    run_dir.update_state(status="finished", summary=summary)
-    if tracker:
+    if tracker:  # before the run directory says finished: a run killed in between logs this on resume
         tracker.log_summary(summary, tags={"byzlab.device": device})
         tracker.log_artifacts(
             [run_dir.config_path, run_dir.partition_path, run_dir.metrics_path, run_dir.clients_path]
         )
         tracker.finish("FINISHED")
+    run_dir.update_state(status="finished", summary=summary)
     return RunResult(run_dir.path, run_dir.run_id, "finished", summary, metrics, mlflow_run_id)
 
 

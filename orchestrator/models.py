@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torchvision
 from torch import nn
 
 MODEL_NAMES = ("mlp", "cnn", "cifar_cnn", "resnet18")
@@ -90,6 +89,8 @@ def _resnet18(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     the first block, so the first convolution becomes 3×3 stride 1 without bias (initialised like
     torchvision's own convolutions) and the max-pooling is dropped.
     """
+    import torchvision.models  # here: importing torchvision costs every actor process about a second
+
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")

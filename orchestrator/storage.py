@@ -26,6 +26,10 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2)))
+
+
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows with possibly different keys (e.g. test metrics only on eval rounds) -> one table, nulls where
     a row lacks a key."""
@@ -64,7 +68,7 @@ class RunDirectory:
         return json.loads(self.state_path.read_text())
 
     def write_state(self, state: dict[str, Any]) -> None:
-        _atomic_write(self.state_path, lambda p: p.write_text(json.dumps(state, indent=2)))
+        write_json(self.state_path, state)
 
     def update_state(self, **changes: Any) -> None:
         self.write_state({**self.read_state(), **changes})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,39 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) 
         return client.get_experiment_by_name(name).experiment_id
 
 
+def open_experiment(cfg: ExperimentConfig) -> tuple[MlflowClient, str]:
+    """A client on the config's store and the id of its MLflow experiment (created if needed, with
+    artifacts under ``run.output_dir/mlartifacts`` for the default store)."""
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    artifact_root = Path(cfg.run.output_dir) / "mlartifacts" if cfg.tracking.uri is None else None
+    return client, _experiment_id(client, cfg.tracking.experiment, artifact_root)
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """A sweep's MLflow run: experiments tracked under it are its child runs (tag mlflow.parentRunId)."""
+
+    run_id: str
+    child_tags: dict[str, str] = field(default_factory=dict)
+
+
+def find_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, byzlab_run_id: str) -> str | None:
+    """The child run of ``parent_run_id`` that tracks the experiment ``byzlab_run_id``, if one was started
+    (a trial killed before it recorded its MLflow run id continues that run instead of opening another)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`byzlab.run_id` = '{byzlab_run_id}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_params(client: MlflowClient, mlflow_run_id: str, params: dict[str, Any]) -> None:
+    batch = [Param(k, str(v)) for k, v in params.items()]
+    for start in range(0, len(batch), _MAX_PARAMS_PER_BATCH):
+        client.log_batch(mlflow_run_id, params=batch[start : start + _MAX_PARAMS_PER_BATCH])
+
+
 class Tracker:
     """Logs one experiment's params, per-round metrics (step = round), summary and artifacts."""
 
@@ -53,15 +87,17 @@ class Tracker:
         self.last_logged_round = max((m.step for m in history), default=0)
 
     @classmethod
-    def start(cls, cfg: ExperimentConfig, run_name: str, tags: dict[str, str]) -> Tracker:
-        uri = tracking_uri(cfg)
-        client = MlflowClient(tracking_uri=uri)
-        artifact_root = Path(cfg.run.output_dir) / "mlartifacts" if cfg.tracking.uri is None else None
-        experiment_id = _experiment_id(client, cfg.tracking.experiment, artifact_root)
+    def start(cls, cfg: ExperimentConfig, run_name: str, tags: dict[str, str],
+              parent: ParentRun | None = None) -> Tracker:
+        """Open the experiment's MLflow run (under ``parent`` when given) and log the flattened config."""
+        client, experiment_id = open_experiment(cfg)
+        if parent is not None:
+            existing = find_child_run(client, experiment_id, parent.run_id, tags["byzlab.run_id"])
+            if existing is not None:
+                return cls.reopen(cfg, existing)
+            tags = {**tags, **parent.child_tags, "mlflow.parentRunId": parent.run_id}
         run = client.create_run(experiment_id, tags=tags, run_name=run_name)
-        params = [Param(k, str(v)) for k, v in flatten(cfg.to_dict()).items()]
-        for start in range(0, len(params), _MAX_PARAMS_PER_BATCH):
-            client.log_batch(run.info.run_id, params=params[start : start + _MAX_PARAMS_PER_BATCH])
+        log_params(client, run.info.run_id, flatten(cfg.to_dict()))
         return cls(client, run.info.run_id)
 
     @classmethod
@@ -86,8 +122,10 @@ class Tracker:
         self.last_logged_round = step
 
     def log_summary(self, summary: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        """Log the summary once (at step 0): a run killed after logging it and resumed does not log it again."""
+        logged = self.client.get_run(self.mlflow_run_id).data.metrics
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()]
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if k not in logged]
         self.client.log_batch(
             self.mlflow_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in (tags or {}).items()]
         )

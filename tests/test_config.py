@@ -47,7 +47,7 @@ def test_overrides_parse_yaml_values():
         (["run.client_actors=11"], "run.client_actors (11) must be at most clients.num_clients (10)"),
         (["run.rounds=0"], "run.rounds: Input should be greater than or equal to 1"),
         (["partition.beta"], "override 'partition.beta' must look like section.key=value"),
-        (["run.rounds.x=1"], "override 'run.rounds.x=1': 'rounds' is a value, not a section"),
+        (["run.rounds.x=1"], "'run.rounds.x': 'rounds' is a value, not a section"),
     ],
 )
 def test_bad_input_is_one_clear_line(overrides, expected):

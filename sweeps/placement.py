@@ -1,0 +1,74 @@
+"""What a trial reserves on the cluster, and whether the cluster can ever give it.
+
+A trial is a placement group: an empty head bundle for the trainable (it only drives the round loop), one
+bundle per client actor and one for the server actor, each with the config's CPUs and (fractional) GPUs.
+Ray's placement-group capture puts the trial's actors into its own bundles, so concurrent trials never
+take each other's CPUs or GPUs. A trial that no cluster node or the whole cluster can hold would wait
+forever; it is reported before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import tune
+
+from actors.resources import RunResources, check_fits, plan_resources
+from orchestrator.config import ConfigError, ExperimentConfig
+
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    cpus: float
+    gpus: float
+    nodes: list[dict[str, float]]  # each alive node's CPU / GPU capacity
+
+    @classmethod
+    def current(cls) -> ClusterShape:
+        resources = ray.cluster_resources()
+        nodes = [
+            {"CPU": node["Resources"].get("CPU", 0.0), "GPU": node["Resources"].get("GPU", 0.0)}
+            for node in ray.nodes()
+            if node["Alive"]
+        ]
+        return cls(resources.get("CPU", 0.0), resources.get("GPU", 0.0), nodes)
+
+    def describe(self) -> str:
+        return f"{self.cpus:g} CPUs and {self.gpus:g} GPUs on {len(self.nodes)} node(s)"
+
+
+def trial_bundles(resources: RunResources) -> list[dict[str, float]]:
+    client = {"CPU": resources.client.num_cpus, "GPU": resources.client.num_gpus}
+    server = {"CPU": resources.server.num_cpus, "GPU": resources.server.num_gpus}
+    return [{}] + [client] * resources.client_actors + [server]
+
+
+def trial_resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+    """Tune's resource request for a trial, from the bundles the driver planned into its config."""
+    return tune.PlacementGroupFactory(config["trial"]["bundles"])
+
+
+def plan_trial(cfg: ExperimentConfig, cluster: ClusterShape) -> RunResources:
+    """The trial's actors' resources; ConfigError when the cluster can never place them."""
+    resources = plan_resources(cfg.run, cluster.gpus)
+    check_fits(resources, cluster.cpus, cluster.gpus)
+    for bundle in trial_bundles(resources)[1:]:
+        if not any(all(bundle[k] <= node[k] + _EPSILON for k in bundle) for node in cluster.nodes):
+            raise ConfigError(
+                f"one actor needs {bundle['CPU']:g} CPUs and {bundle['GPU']:g} GPUs ({resources.describe()}) "
+                f"but no node of the Ray cluster ({cluster.describe()}) has that much; lower "
+                "run.client_actor_cpus / run.server_cpus or the GPU shares"
+            )
+    return resources
+
+
+def concurrent_trials(resources: RunResources, cluster: ClusterShape) -> int:
+    """How many such trials the cluster's totals can hold at once (node boundaries can lower it)."""
+    limits = [cluster.cpus / resources.total_cpus]
+    if resources.total_gpus > 0:
+        limits.append(cluster.gpus / resources.total_gpus)
+    return int(min(limits) + _EPSILON)

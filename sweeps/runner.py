@@ -1,0 +1,343 @@
+"""Run a sweep with Ray Tune, resume it, and write its report.
+
+A sweep's directory is ``<base run.output_dir>/sweeps/<name>``:
+
+- ``sweep.yaml``: the sweep file as given (resume re-reads it); ``sweep.json``: status, MLflow parent run id
+- ``runs/<run id>/``: each trial's run directory (the single-experiment layout)
+- ``tune/``: Ray Tune's experiment state and the trials' checkpoints (``Tuner.restore`` reads it)
+- ``report/``: tables and plots, also logged to the MLflow parent run
+
+MLflow uses the base config's store (by default ``<output_dir>/mlflow.db``, shared with single runs) with one
+parent run per sweep and one child run per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+from ray import tune
+
+from actors.resources import RunResources
+from orchestrator.config import ConfigError, ExperimentConfig, build_config
+from orchestrator.datasets import load_dataset
+from orchestrator.experiment import ensure_ray, make_partition
+from orchestrator.storage import RunDirectory, write_json
+from orchestrator.tracking import default_tracking_uri, log_params, open_experiment, tracking_uri
+from sweeps.live import LiveTable
+from sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
+from sweeps.report import records_from_sweep_dir, write_report
+from sweeps.spec import Sweep, expand, parse_spec
+from sweeps.trainable import run_trial
+
+STATE_FILE = "sweep.json"
+SPEC_FILE = "sweep.yaml"
+TUNE_DIR = "tune"
+RUNS_DIR = "runs"
+REPORT_DIR = "report"
+MAX_TRIAL_FAILURES = 2  # Tune restarts a failed trial from its last checkpoint this many times
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep placed on a cluster: where it goes and what each trial reserves."""
+
+    sweep: Sweep
+    directory: Path
+    base: ExperimentConfig
+    cluster: ClusterShape
+    resources: list[RunResources]
+
+    def trial_configs(self) -> list[dict[str, Any]]:
+        """Each trial's config as the trainable gets it: results under the sweep, MLflow in the base's
+        store, GPU shares fixed at launch (so a resumed trial asks for exactly its placement group)."""
+        configs = []
+        for trial, resources in zip(self.sweep.trials, self.resources):
+            tree = trial.config.to_dict()
+            tree["run"].update(
+                output_dir=str(self.directory / RUNS_DIR),
+                client_actor_gpus=resources.client.num_gpus,
+                server_gpus=resources.server.num_gpus,
+            )
+            tree["tracking"]["uri"] = tracking_uri(self.base)
+            configs.append(
+                {"run_id": trial.run_id, "config": tree, "labels": trial.labels, "bundles": trial_bundles(resources)}
+            )
+        return configs
+
+
+@dataclass
+class SweepOutcome:
+    directory: Path
+    total: int
+    finished: int
+    failed: list[str] = field(default_factory=list)  # "<trial>: <error>" per failed trial
+    report: list[Path] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.finished == self.total
+
+
+def sweep_directory(sweep: Sweep) -> Path:
+    return Path(build_config(sweep.spec.base).run.output_dir).resolve() / "sweeps" / sweep.spec.name
+
+
+def plan(sweep: Sweep, directory: Path | None = None) -> SweepPlan:
+    """Place every trial on the connected cluster; ConfigError naming a trial the cluster cannot hold."""
+    cluster = ClusterShape.current()
+    resources = []
+    for trial in sweep.trials:
+        try:
+            resources.append(plan_trial(trial.config, cluster))
+        except ConfigError as err:
+            raise ConfigError(f"trial {trial.index} ({', '.join(trial.labels.values())}): {err}") from None
+    base = build_config(sweep.spec.base)
+    return SweepPlan(sweep, directory or sweep_directory(sweep), base, cluster, resources)
+
+
+def check_data(sweep: Sweep) -> None:
+    """Load each dataset and draw each partition the trials use once, so a missing dataset or an
+    impossible partition stops the sweep before any trial starts."""
+    datasets: dict[str, Any] = {}
+    partitions: set[str] = set()
+    for trial in sweep.trials:
+        cfg = trial.config
+        data_key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+        if data_key not in datasets:
+            data = cfg.data
+            datasets[data_key] = load_dataset(
+                data.dataset, data.data_root, data.download,
+                test_fraction=data.test_fraction, split_seed=data.split_seed, emnist_split=data.emnist_split,
+            )
+        partition_key = json.dumps(
+            [data_key, cfg.partition.model_dump(mode="json"), cfg.clients.num_clients, cfg.run.seed], sort_keys=True
+        )
+        if partition_key not in partitions:
+            make_partition(cfg, datasets[data_key].train_y)
+            partitions.add(partition_key)
+
+
+def describe(plan_: SweepPlan, max_concurrent: int | None) -> list[str]:
+    """The dry run's account: trials, what each reserves, how many run at once, the total work."""
+    trials = plan_.sweep.trials
+    lines = [f"sweep '{plan_.sweep.spec.name}': {len(trials)} trials -> {plan_.directory}"]
+    requests: dict[str, int] = {}
+    for resources in plan_.resources:
+        text = f"{resources.describe()} = {resources.total_cpus:g} CPUs, {resources.total_gpus:g} GPUs"
+        requests[text] = requests.get(text, 0) + 1
+    for text, count in requests.items():
+        lines.append(f"  {count} trial(s) reserve: {text}")
+    at_once = min(concurrent_trials(r, plan_.cluster) for r in plan_.resources)
+    if max_concurrent is not None:
+        at_once = min(at_once, max_concurrent)
+    lines.append(f"cluster: {plan_.cluster.describe()} -> up to {at_once} trial(s) at a time")
+    rounds = updates = epochs = steps = 0
+    for trial in trials:
+        run, clients = trial.config.run, trial.config.clients
+        rounds += run.rounds
+        updates += run.rounds * clients.clients_per_round
+        if clients.local_steps is None:
+            epochs += run.rounds * clients.clients_per_round * clients.local_epochs
+        else:
+            steps += run.rounds * clients.clients_per_round * clients.local_steps
+    local_work = [f"{n:,} local {unit}" for n, unit in ((epochs, "epochs"), (steps, "steps")) if n]
+    lines.append(f"total work: {rounds:,} rounds, {updates:,} client updates ({', '.join(local_work)})")
+    return lines
+
+
+def _write_state(directory: Path, **changes: Any) -> dict[str, Any]:
+    path = directory / STATE_FILE
+    state = {**(json.loads(path.read_text()) if path.is_file() else {}), **changes}
+    write_json(path, state)
+    return state
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"'{directory}' is not a byzlab sweep directory (no {STATE_FILE})")
+    return json.loads(path.read_text())
+
+
+def _parent_run(plan_: SweepPlan, sweep_id: str) -> str:
+    """The sweep's MLflow run: found by its sweep id (a driver killed right after creating it), or created."""
+    client, experiment_id = open_experiment(plan_.base)
+    existing = client.search_runs([experiment_id], f"tags.`byzlab.sweep_id` = '{sweep_id}'", max_results=1)
+    if existing:
+        return existing[0].info.run_id
+    spec = plan_.sweep.spec
+    tags = {"byzlab.sweep": spec.name, "byzlab.sweep_id": sweep_id, "byzlab.sweep_dir": str(plan_.directory)}
+    if spec.description:
+        tags["mlflow.note.content"] = spec.description
+    run = client.create_run(experiment_id, run_name=f"sweep-{spec.name}", tags=tags)
+    params = {
+        "sweep.name": spec.name, "sweep.trials": len(plan_.sweep.trials),
+        **{f"sweep.grid.{key}": values for key, values in spec.grid.items()},
+        "sweep.defenses": list(spec.defenses or [plan_.base.server.aggregator]),
+        "sweep.attacks": list(spec.attacks or [plan_.base.threat.attack]),
+        "sweep.seeds": spec.seeds or [plan_.base.run.seed],
+    }
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.config["trial"]["run_id"]
+
+
+def _trainable() -> Any:
+    return tune.with_resources(run_trial, trial_resources)
+
+
+def _new_tuner(plan_: SweepPlan, state: dict[str, Any], max_concurrent: int | None) -> tune.Tuner:
+    return tune.Tuner(
+        _trainable(),
+        param_space={
+            "trial": tune.grid_search(plan_.trial_configs()),
+            "sweep": {"name": plan_.sweep.spec.name, "id": state["sweep_id"], "parent_run_id": state["parent_run_id"]},
+        },
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname,
+            trial_name_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(plan_.directory),
+            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[LiveTable()],
+            verbose=0,
+        ),
+    )
+
+
+def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | None = None,
+           force: bool = False, raw_spec: dict[str, Any] | None = None) -> SweepOutcome:
+    """Check everything, create the sweep directory and parent run, run all trials, write the report."""
+    directory = sweep_directory(sweep)
+    if (directory / STATE_FILE).is_file() and not force:
+        raise ConfigError(
+            f"sweep '{sweep.spec.name}' already exists in {directory}; continue it with "
+            f"`byzlab resume {directory}` or start over with --force"
+        )
+    check_data(sweep)
+    ensure_ray(address, log_to_driver=False)
+    plan_ = plan(sweep, directory)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    spec_text = yaml.safe_dump(raw_spec or sweep.spec.model_dump(mode="json"), sort_keys=False)
+    (directory / SPEC_FILE).write_text(spec_text)
+    state = _write_state(
+        directory, name=sweep.spec.name, sweep_id=uuid.uuid4().hex[:12], status="starting", trials=len(sweep.trials),
+        parent_run_id=None, tracking_uri=None, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    state = _start_tracking(plan_, state)
+    return _run(plan_, _new_tuner(plan_, state, max_concurrent), state["parent_run_id"])
+
+
+def _start_tracking(plan_: SweepPlan, state: dict[str, Any]) -> dict[str, Any]:
+    """Open (or reopen) the parent run and record it in sweep.json before any trial starts."""
+    if not plan_.base.tracking.enabled:
+        return _write_state(plan_.directory, status="running")
+    parent_run_id = state["parent_run_id"] or _parent_run(plan_, state["sweep_id"])
+    client, _ = open_experiment(plan_.base)
+    client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    return _write_state(
+        plan_.directory, status="running", parent_run_id=parent_run_id, tracking_uri=tracking_uri(plan_.base)
+    )
+
+
+def load_saved_sweep(directory: Path) -> Sweep:
+    raw = yaml.safe_load((directory / SPEC_FILE).read_text())
+    return expand(parse_spec(raw, raw.get("name", directory.name)))
+
+
+def resume(directory: str | Path, *, address: str | None = None) -> SweepOutcome:
+    """Continue a sweep: finished trials are kept, unfinished and failed ones continue from their last
+    checkpoint, trials never started start."""
+    directory = Path(directory).resolve()
+    state = read_state(directory)
+    sweep = load_saved_sweep(directory)
+    ensure_ray(address, log_to_driver=False)
+    plan_ = plan(sweep, directory)
+    state = _start_tracking(plan_, state)
+    tune_path = directory / TUNE_DIR
+    if tune.Tuner.can_restore(str(tune_path)):
+        tuner = tune.Tuner.restore(str(tune_path), _trainable(), resume_unfinished=True, resume_errored=True)
+    else:  # the driver died before Tune saved its state: start the trials again (their run dirs resume)
+        shutil.rmtree(tune_path, ignore_errors=True)
+        tuner = _new_tuner(plan_, state, None)
+    return _run(plan_, tuner, state["parent_run_id"])
+
+
+def _run(plan_: SweepPlan, tuner: tune.Tuner, parent_run_id: str | None) -> SweepOutcome:
+    directory = plan_.directory
+    # The live table replaces Tune's console output; forced experiment snapshots (num_to_keep) are wanted.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    try:
+        results = tuner.fit()
+    except BaseException:
+        _write_state(directory, status="interrupted")
+        _end_parent_run(plan_, parent_run_id, "KILLED")
+        raise
+    failed = [
+        f"{', '.join(result.config['trial']['labels'].values())}: {str(result.error).strip().splitlines()[-1]}"
+        for result in results
+        if result.error is not None
+    ]
+    finished = sum(
+        RunDirectory(directory / RUNS_DIR / trial.run_id).exists()
+        and RunDirectory(directory / RUNS_DIR / trial.run_id).read_state()["status"] == "finished"
+        for trial in plan_.sweep.trials
+    )
+    outcome = SweepOutcome(directory, len(plan_.sweep.trials), finished, failed)
+    if finished:
+        outcome.report = report(directory)
+    status = "finished" if outcome.complete else ("failed" if failed else "interrupted")
+    _write_state(directory, status=status, finished_trials=finished)
+    _end_parent_run(plan_, parent_run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+    return outcome
+
+
+def _end_parent_run(plan_: SweepPlan, parent_run_id: str | None, status: str) -> None:
+    if parent_run_id:
+        client, _ = open_experiment(plan_.base)
+        client.set_terminated(parent_run_id, status=status)
+
+
+def report(source: str | Path, *, out: Path | None = None, output_dir: Path = Path("byzlab-results"),
+           uri: str | None = None) -> list[Path]:
+    """Write the report of a sweep directory or of an MLflow experiment's finished runs, and log it to the
+    sweep's parent run. ``output_dir`` / ``uri`` locate the MLflow store of an experiment name."""
+    source_path = Path(source)
+    if (source_path / STATE_FILE).is_file():
+        state = read_state(source_path)
+        records = records_from_sweep_dir(source_path)
+        store, parent_run_id = state.get("tracking_uri"), state.get("parent_run_id")
+        out = out or source_path / REPORT_DIR
+    else:
+        store = uri or default_tracking_uri(output_dir)
+        if uri is None and not (output_dir / "mlflow.db").is_file():
+            raise ConfigError(f"'{source}' is neither a sweep directory nor an experiment in {output_dir / 'mlflow.db'}")
+        records, parent_run_id = records_from_mlflow(str(source), store)
+        out = out or output_dir / "reports" / str(source)
+    if not records:
+        raise ConfigError(f"'{source}' has no finished trial to report on")
+    paths = write_report(records, out)
+    if store and parent_run_id:
+        client = MlflowClient(tracking_uri=store)
+        for path in paths:
+            client.log_artifact(parent_run_id, str(path), artifact_path=REPORT_DIR)
+    return paths

@@ -1,0 +1,214 @@
+"""A sweep file: a base experiment config and the grid to expand around it.
+
+```yaml
+name: quickstart                      # optional; default: the file's stem
+description: what it reproduces and the compute it needs
+base: {data: {dataset: digits}, run: {rounds: 20}}     # an experiment config, as for `byzlab run`
+grid:                                 # dotted config keys -> lists of values; the product is taken
+  partition.beta: [0.3, 0.5]
+  threat.fraction: [0.2, 0.4]
+defenses:                             # aggregator -> its own parameter grid (lists are swept, scalars fixed)
+  fedavg: {}
+  lasa: {sparsity: [0.1, 0.3], lambda_m: [1, 2]}
+attacks:                              # attack -> its parameter grid, the same way
+  none: {}
+  sign_flip: {scale: [4]}
+seeds: [0, 1]                         # replicates (run.seed)
+exclude:                              # partial assignments; trials matching one of them are dropped
+  - {server.aggregator: krum, threat.fraction: 0.4}
+```
+
+A list in a parameter grid means "sweep these values"; a parameter whose value is itself a list is written
+as a list of lists. Every expanded trial is validated as an experiment config before anything runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orchestrator.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    format_validation_error,
+    read_yaml,
+    run_id,
+    set_dotted,
+)
+
+PACKAGED_SWEEPS = Path(__file__).parent
+_DEFENSE_KEYS = ("server.aggregator", "server.aggregator_params.")
+_ATTACK_KEYS = ("threat.attack", "threat.attack_params.")
+SHORT_NAMES = {"partition.beta": "β", "threat.fraction": "Φ"}
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the sweep's name (its directory)")
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict, description="the experiment config every trial starts from")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+    defenses: dict[str, dict[str, Any]] | None = Field(None, description="aggregator -> parameter grid")
+    attacks: dict[str, dict[str, Any]] | None = Field(None, description="attack -> parameter grid")
+    seeds: list[int] | None = Field(None, min_length=1, description="run.seed values")
+    exclude: list[dict[str, Any]] = Field(default_factory=list, description="partial assignments to drop")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"'{key}' has no values")
+            if key == "run.seed":
+                raise ValueError("'run.seed' is swept with the top-level `seeds` list")
+        return grid
+
+    @field_validator("defenses", "attacks")
+    @classmethod
+    def _not_empty(cls, variants: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        if variants is not None and not variants:
+            raise ValueError("lists no entry; leave it out to keep the base config's choice")
+        return variants
+
+
+@dataclass(frozen=True)
+class Trial:
+    index: int
+    overrides: dict[str, Any]  # dotted key -> value: what distinguishes this trial from the base
+    labels: dict[str, str]  # short description for tables and the live view: defense, attack, seed, ...
+    config: ExperimentConfig
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.config)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    spec: SweepSpec
+    trials: list[Trial]
+
+
+def _product(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def _variants(name_key: str, params_key: str, spec: dict[str, dict[str, Any]]) -> list[tuple[dict, str]]:
+    """Each (name, parameter combination) as overrides, with a label naming the swept parameters."""
+    variants = []
+    for name, params in spec.items():
+        grid = {k: v if isinstance(v, list) else [v] for k, v in (params or {}).items()}
+        swept = [k for k, values in grid.items() if len(values) > 1]
+        for combo in _product(grid):
+            overrides = {name_key: name, **{f"{params_key}.{k}": v for k, v in combo.items()}}
+            label = name + (f" ({', '.join(f'{k}={combo[k]}' for k in swept)})" if swept else "")
+            variants.append((overrides, label))
+    return variants
+
+
+def _check_keys(spec: SweepSpec) -> None:
+    for block, prefixes in (("defenses", _DEFENSE_KEYS), ("attacks", _ATTACK_KEYS)):
+        if getattr(spec, block) is None:
+            continue
+        for key in spec.grid:
+            if key.startswith(prefixes):
+                raise ConfigError(f"grid.{key}: set by the `{block}` block; sweep it there")
+
+
+def _describe(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def expand(spec: SweepSpec) -> Sweep:
+    """All trials of the sweep, in order (grid point, then attack, then defense, then seed), each one
+    validated; raises ConfigError naming the first invalid trial and how many there are."""
+    _check_keys(spec)
+    base = build_config(spec.base)
+    defenses = _variants("server.aggregator", "server.aggregator_params", spec.defenses) if spec.defenses else [
+        ({}, base.server.aggregator)
+    ]
+    attack_variants = _variants("threat.attack", "threat.attack_params", spec.attacks) if spec.attacks else [
+        ({}, base.threat.attack)
+    ]
+    seeds = spec.seeds or [base.run.seed]
+    swept_grid_keys = [k for k, values in spec.grid.items() if len(values) > 1]
+
+    candidates = []
+    for point in _product(spec.grid):
+        for (attack, attack_label), (defense, defense_label), seed in itertools.product(
+            attack_variants, defenses, seeds
+        ):
+            overrides = {**point, **attack, **defense, "run.seed": seed}
+            labels = {
+                **{SHORT_NAMES.get(k, k.rsplit(".", 1)[-1]): str(point[k]) for k in swept_grid_keys},
+                "attack": attack_label, "defense": defense_label, "seed": str(seed),
+            }
+            candidates.append((overrides, labels))
+
+    for position, assignment in enumerate(spec.exclude):
+        unknown = [k for k in assignment if not any(k in overrides for overrides, _ in candidates)]
+        if unknown:
+            raise ConfigError(f"exclude[{position}]: '{unknown[0]}' is not a key this sweep sets")
+    kept = [
+        (overrides, labels)
+        for overrides, labels in candidates
+        if not any(all(overrides.get(k) == v for k, v in a.items()) for a in spec.exclude)
+    ]
+    if not kept:
+        raise ConfigError("the sweep has no trials left after `exclude`")
+
+    trials, invalid, seen = [], [], {}
+    for index, (overrides, labels) in enumerate(kept):
+        tree = json.loads(json.dumps(spec.base))
+        for key, value in overrides.items():
+            set_dotted(tree, key, value)
+        try:
+            config = build_config(tree)
+        except ConfigError as err:
+            invalid.append(f"trial {index} ({_describe(overrides)}): {err}")
+            continue
+        trial = Trial(index, overrides, labels, config)
+        if trial.run_id in seen:
+            raise ConfigError(
+                f"trials {seen[trial.run_id]} and {index} are the same experiment ({_describe(overrides)}); "
+                "remove the duplicate value"
+            )
+        seen[trial.run_id] = index
+        trials.append(trial)
+    if invalid:
+        raise ConfigError(
+            f"{len(invalid)} of {len(kept)} trials are invalid (drop them with `exclude`); first: {invalid[0]}"
+        )
+    return Sweep(spec, trials)
+
+
+def resolve_path(path_or_name: str | Path) -> Path:
+    """A sweep file path, or the name of a ready sweep shipped in this package (``quickstart``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    packaged = PACKAGED_SWEEPS / f"{path_or_name}.yaml"
+    if packaged.is_file():
+        return packaged
+    ready = ", ".join(sorted(p.stem for p in PACKAGED_SWEEPS.glob("*.yaml")))
+    raise ConfigError(f"sweep file '{path_or_name}' does not exist (ready sweeps: {ready})")
+
+
+def parse_spec(raw: dict[str, Any], default_name: str) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate({"name": default_name, **raw})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_sweep(path_or_name: str | Path) -> Sweep:
+    path = resolve_path(path_or_name)
+    return expand(parse_spec(read_yaml(path), path.stem))

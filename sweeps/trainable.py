@@ -1,0 +1,93 @@
+"""The Tune function trainable: one trial = one experiment, run by the single-experiment runner.
+
+The trial's state lives in its run directory (``<sweep>/runs/<run id>``); every ``run.checkpoint_every``
+rounds a copy of that directory is attached to ``tune.report`` as the Tune checkpoint. On restart the
+trainable continues from whichever is further along: the run directory (always written before the report,
+so it is newer when the driver died before Tune recorded the checkpoint) or ``tune.get_checkpoint()``
+(the only copy when the trial restarts on a node without the run directory). A trial whose run directory
+is finished reports its stored result and returns without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from orchestrator.config import build_config, run_id
+from orchestrator.experiment import execute, is_checkpoint_round, prepare, prepare_resume, summarize
+from orchestrator.storage import RunDirectory
+from orchestrator.tracking import ParentRun
+
+CHECKPOINT_RUN_DIR = "run"  # the run directory's copy inside a Tune checkpoint
+
+
+def _checkpointed_round(run_dir: RunDirectory) -> int:
+    state = run_dir.read_state()
+    return 10**9 if state["status"] == "finished" else int(state.get("round", 0))
+
+
+def restore_run_dir(checkpoint: tune.Checkpoint | None, run_dir: RunDirectory) -> None:
+    """Replace the run directory by the Tune checkpoint's copy when that copy is further along."""
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as directory:
+        saved = RunDirectory(Path(directory) / CHECKPOINT_RUN_DIR)
+        if run_dir.exists() and _checkpointed_round(run_dir) >= _checkpointed_round(saved):
+            return
+        incoming = run_dir.path.with_name(f".{run_dir.path.name}.restoring")
+        shutil.rmtree(incoming, ignore_errors=True)
+        shutil.copytree(saved.path, incoming)
+    if run_dir.path.exists():
+        outgoing = run_dir.path.with_name(f".{run_dir.path.name}.replaced")
+        shutil.rmtree(outgoing, ignore_errors=True)
+        os.replace(run_dir.path, outgoing)
+        os.replace(incoming, run_dir.path)
+        shutil.rmtree(outgoing)
+    else:
+        os.replace(incoming, run_dir.path)
+
+
+def _report(metrics: dict[str, Any], run_dir: RunDirectory | None = None) -> None:
+    """Report one round to Tune, with a copy of the run directory as checkpoint when given."""
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    if run_dir is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        shutil.copytree(run_dir.path, Path(directory) / CHECKPOINT_RUN_DIR)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """``config``: {"trial": {"config": resolved experiment config, "labels": ...},
+    "sweep": {"name": ..., "id": ..., "parent_run_id": ... or None}} (see ``sweeps.runner``)."""
+    cfg = build_config(config["trial"]["config"])
+    run_dir = RunDirectory(Path(cfg.run.output_dir) / run_id(cfg))
+    restore_run_dir(tune.get_checkpoint(), run_dir)
+    prepared = prepare_resume(run_dir.path) if run_dir.exists() else prepare(cfg)
+
+    def on_round(metrics: dict[str, Any]) -> None:
+        round_index = int(metrics["round"])
+        if not is_checkpoint_round(cfg, round_index):
+            _report(metrics)
+            return
+        if round_index == cfg.run.rounds:
+            metrics = {**metrics, **summarize(run_dir.read_table(run_dir.metrics_path))}
+        _report(metrics, run_dir)
+
+    sweep = config["sweep"]
+    parent = None
+    if sweep.get("parent_run_id"):
+        trial_tags = {
+            "byzlab.sweep": sweep["name"], "byzlab.sweep_id": sweep["id"],
+            "byzlab.trial_id": tune.get_context().get_trial_id(),
+        }
+        parent = ParentRun(sweep["parent_run_id"], trial_tags)
+    result = execute(prepared, on_round=on_round, parent=parent)
+    if result.status == "already finished":
+        _report({"round": cfg.run.rounds, **result.summary}, run_dir)
