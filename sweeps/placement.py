@@ -56,14 +56,37 @@ def plan_trial(cfg: ExperimentConfig, cluster: ClusterShape) -> RunResources:
     """The trial's actors' resources; ConfigError when the cluster can never place them."""
     resources = plan_resources(cfg.run, cluster.gpus)
     check_fits(resources, cluster.cpus, cluster.gpus)
-    for bundle in trial_bundles(resources)[1:]:
-        if not any(all(bundle[k] <= node[k] + _EPSILON for k in bundle) for node in cluster.nodes):
+    bundles = trial_bundles(resources)[1:]
+    for bundle in bundles:
+        if not any(_fits(bundle, node) for node in cluster.nodes):
             raise ConfigError(
                 f"one actor needs {bundle['CPU']:g} CPUs and {bundle['GPU']:g} GPUs ({resources.describe()}) "
                 f"but no node of the Ray cluster ({cluster.describe()}) has that much; lower "
                 "run.client_actor_cpus / run.server_cpus or the GPU shares"
             )
+    if not _packs(bundles, cluster.nodes):
+        raise ConfigError(
+            f"the trial's actors ({resources.describe()}) do not fit together on the nodes of the Ray cluster "
+            f"({cluster.describe()}); lower run.client_actors, run.client_actor_cpus / run.server_cpus or the GPU shares"
+        )
     return resources
+
+
+def _fits(bundle: dict[str, float], free: dict[str, float]) -> bool:
+    return all(bundle[k] <= free[k] + _EPSILON for k in bundle)
+
+
+def _packs(bundles: list[dict[str, float]], nodes: list[dict[str, float]]) -> bool:
+    """First-fit decreasing on an empty cluster: a sufficient check that the bundles can be placed at once
+    (it can miss a packing that exists; then the message above asks for smaller actors)."""
+    free = [dict(node) for node in nodes]
+    for bundle in sorted(bundles, key=lambda b: (b["GPU"], b["CPU"]), reverse=True):
+        node = next((n for n in free if _fits(bundle, n)), None)
+        if node is None:
+            return False
+        for key in bundle:
+            node[key] -= bundle[key]
+    return True
 
 
 def concurrent_trials(resources: RunResources, cluster: ClusterShape) -> int:

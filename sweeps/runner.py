@@ -14,6 +14,7 @@ parent run per sweep and one child run per trial.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -35,7 +36,7 @@ from orchestrator.storage import RunDirectory, write_json
 from orchestrator.tracking import default_tracking_uri, log_params, open_experiment, tracking_uri
 from sweeps.live import LiveTable
 from sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
-from sweeps.report import records_from_sweep_dir, write_report
+from sweeps.report import records_from_mlflow, records_from_sweep_dir, write_report
 from sweeps.spec import Sweep, expand, parse_spec
 from sweeps.trainable import run_trial
 
@@ -100,7 +101,8 @@ def plan(sweep: Sweep, directory: Path | None = None) -> SweepPlan:
         try:
             resources.append(plan_trial(trial.config, cluster))
         except ConfigError as err:
-            raise ConfigError(f"trial {trial.index} ({', '.join(trial.labels.values())}): {err}") from None
+            labels = ", ".join(f"{k}={v}" for k, v in trial.labels.items())
+            raise ConfigError(f"trial {trial.index} ({labels}): {err}") from None
     base = build_config(sweep.spec.base)
     return SweepPlan(sweep, directory or sweep_directory(sweep), base, cluster, resources)
 
@@ -226,9 +228,10 @@ def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | No
     """Check everything, create the sweep directory and parent run, run all trials, write the report."""
     directory = sweep_directory(sweep)
     if (directory / STATE_FILE).is_file() and not force:
+        status = read_state(directory).get("status")
         raise ConfigError(
-            f"sweep '{sweep.spec.name}' already exists in {directory}; continue it with "
-            f"`byzlab resume {directory}` or start over with --force"
+            f"sweep '{sweep.spec.name}' already exists in {directory} (status: {status}); continue it with "
+            f"`byzlab resume {directory}`, or start over with --force"
         )
     check_data(sweep)
     ensure_ray(address, log_to_driver=False)
@@ -263,6 +266,19 @@ def load_saved_sweep(directory: Path) -> Sweep:
     return expand(parse_spec(raw, raw.get("name", directory.name)))
 
 
+class _StaleTuneStateNoise(logging.Filter):
+    """Tune saves its experiment state every few seconds, so after a SIGKILL it can be a little behind:
+    restored, it deletes checkpoints it had already deleted (logging a FileNotFoundError traceback, then
+    carrying on) and finds no results for trials that had reported none yet. Neither matters here: each
+    trial continues from its run directory when that is further along. Only these two messages are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exception = record.exc_info[1] if record.exc_info else None
+        if isinstance(exception, FileNotFoundError) and "Error handling checkpoint" in str(record.msg):
+            return False
+        return "Could not fetch metrics for" not in record.getMessage()
+
+
 def resume(directory: str | Path, *, address: str | None = None) -> SweepOutcome:
     """Continue a sweep: finished trials are kept, unfinished and failed ones continue from their last
     checkpoint, trials never started start."""
@@ -273,6 +289,9 @@ def resume(directory: str | Path, *, address: str | None = None) -> SweepOutcome
     plan_ = plan(sweep, directory)
     state = _start_tracking(plan_, state)
     tune_path = directory / TUNE_DIR
+    noise = _StaleTuneStateNoise()
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.analysis.experiment_analysis"):
+        logging.getLogger(name).addFilter(noise)
     if tune.Tuner.can_restore(str(tune_path)):
         tuner = tune.Tuner.restore(str(tune_path), _trainable(), resume_unfinished=True, resume_errored=True)
     else:  # the driver died before Tune saved its state: start the trials again (their run dirs resume)

@@ -24,6 +24,7 @@ as a list of lists. Every expanded trial is validated as an experiment config be
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ SHORT_NAMES = {"partition.beta": "β", "threat.fraction": "Φ"}
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the sweep's name (its directory)")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the sweep's name (its directory)")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="the experiment config every trial starts from")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
@@ -75,6 +76,10 @@ class SweepSpec(BaseModel):
     def _not_empty(cls, variants: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
         if variants is not None and not variants:
             raise ValueError("lists no entry; leave it out to keep the base config's choice")
+        for name, params in (variants or {}).items():
+            for key, values in (params or {}).items():
+                if values == []:
+                    raise ValueError(f"'{name}.{key}' has no values")
         return variants
 
 
@@ -102,13 +107,14 @@ def _product(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def _variants(name_key: str, params_key: str, spec: dict[str, dict[str, Any]]) -> list[tuple[dict, str]]:
-    """Each (name, parameter combination) as overrides, with a label naming the swept parameters."""
+    """Each (name, parameter combination) as overrides, with a label naming the swept parameters. The
+    block's parameters replace the base's (parameters meant for the base's rule would not fit another)."""
     variants = []
     for name, params in spec.items():
         grid = {k: v if isinstance(v, list) else [v] for k, v in (params or {}).items()}
         swept = [k for k, values in grid.items() if len(values) > 1]
         for combo in _product(grid):
-            overrides = {name_key: name, **{f"{params_key}.{k}": v for k, v in combo.items()}}
+            overrides = {name_key: name, params_key: {}, **{f"{params_key}.{k}": v for k, v in combo.items()}}
             label = name + (f" ({', '.join(f'{k}={combo[k]}' for k in swept)})" if swept else "")
             variants.append((overrides, label))
     return variants
@@ -133,13 +139,15 @@ def expand(spec: SweepSpec) -> Sweep:
     _check_keys(spec)
     base = build_config(spec.base)
     defenses = _variants("server.aggregator", "server.aggregator_params", spec.defenses) if spec.defenses else [
-        ({}, base.server.aggregator)
+        ({}, None)
     ]
     attack_variants = _variants("threat.attack", "threat.attack_params", spec.attacks) if spec.attacks else [
-        ({}, base.threat.attack)
+        ({}, None)
     ]
     seeds = spec.seeds or [base.run.seed]
-    swept_grid_keys = [k for k, values in spec.grid.items() if len(values) > 1]
+    # A grid that sweeps the aggregator or the attack itself names them in the defense / attack labels.
+    named_elsewhere = {"server.aggregator", "threat.attack"}
+    swept_grid_keys = [k for k, values in spec.grid.items() if len(values) > 1 and k not in named_elsewhere]
 
     candidates = []
     for point in _product(spec.grid):
@@ -149,7 +157,9 @@ def expand(spec: SweepSpec) -> Sweep:
             overrides = {**point, **attack, **defense, "run.seed": seed}
             labels = {
                 **{SHORT_NAMES.get(k, k.rsplit(".", 1)[-1]): str(point[k]) for k in swept_grid_keys},
-                "attack": attack_label, "defense": defense_label, "seed": str(seed),
+                "attack": attack_label or str(point.get("threat.attack", base.threat.attack)),
+                "defense": defense_label or str(point.get("server.aggregator", base.server.aggregator)),
+                "seed": str(seed),
             }
             candidates.append((overrides, labels))
 
@@ -169,7 +179,7 @@ def expand(spec: SweepSpec) -> Sweep:
     for index, (overrides, labels) in enumerate(kept):
         tree = json.loads(json.dumps(spec.base))
         for key, value in overrides.items():
-            set_dotted(tree, key, value)
+            set_dotted(tree, key, copy.deepcopy(value))  # later keys may fill a section this one sets
         try:
             config = build_config(tree)
         except ConfigError as err:
@@ -184,9 +194,8 @@ def expand(spec: SweepSpec) -> Sweep:
         seen[trial.run_id] = index
         trials.append(trial)
     if invalid:
-        raise ConfigError(
-            f"{len(invalid)} of {len(kept)} trials are invalid (drop them with `exclude`); first: {invalid[0]}"
-        )
+        remedy = "" if len(invalid) == len(kept) else " (drop invalid combinations with `exclude`)"
+        raise ConfigError(f"{len(invalid)} of {len(kept)} trials are invalid{remedy}; first: {invalid[0]}")
     return Sweep(spec, trials)
 
 
@@ -195,8 +204,8 @@ def resolve_path(path_or_name: str | Path) -> Path:
     path = Path(path_or_name)
     if path.is_file():
         return path
-    packaged = PACKAGED_SWEEPS / f"{path_or_name}.yaml"
-    if packaged.is_file():
+    packaged = PACKAGED_SWEEPS / f"{path.name}.yaml"
+    if path.name == str(path_or_name) and packaged.is_file():
         return packaged
     ready = ", ".join(sorted(p.stem for p in PACKAGED_SWEEPS.glob("*.yaml")))
     raise ConfigError(f"sweep file '{path_or_name}' does not exist (ready sweeps: {ready})")

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pyarrow.fs import FileType
 from ray import tune
 
 from orchestrator.config import build_config, run_id
@@ -33,8 +34,8 @@ def _checkpointed_round(run_dir: RunDirectory) -> int:
 
 def restore_run_dir(checkpoint: tune.Checkpoint | None, run_dir: RunDirectory) -> None:
     """Replace the run directory by the Tune checkpoint's copy when that copy is further along."""
-    if checkpoint is None:
-        return
+    if checkpoint is None or checkpoint.filesystem.get_file_info(checkpoint.path).type == FileType.NotFound:
+        return  # Tune's state can name a checkpoint it deleted just before the driver died
     with checkpoint.as_directory() as directory:
         saved = RunDirectory(Path(directory) / CHECKPOINT_RUN_DIR)
         if run_dir.exists() and _checkpointed_round(run_dir) >= _checkpointed_round(saved):
