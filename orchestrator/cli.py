@@ -119,22 +119,21 @@ def _print_outcome(outcome) -> None:
 @app.command()
 def sweep(
     sweep_file: str = typer.Argument(..., metavar="SWEEP", help="sweep YAML, or the name of a ready sweep (quickstart)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print trials, reservations and total work; run nothing"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="validate every trial and its placement; print trials, reservations and total work"
+    ),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address: auto or HOST:PORT"),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", min=1, help="trials at a time"),
     force: bool = typer.Option(False, "--force", help="delete an existing sweep of this name and start over"),
 ) -> None:
     """Run a grid of experiments on Ray Tune; ends with the report's tables and plots."""
-    from orchestrator.experiment import ensure_ray
     from sweeps import runner
     from sweeps.spec import load_sweep, resolve_path
 
     try:
         grid = load_sweep(sweep_file)
         if dry_run:
-            runner.check_data(grid)
-            ensure_ray(address)
-            for line in runner.describe(runner.plan(grid), max_concurrent):
+            for line in runner.dry_run(grid, address=address, max_concurrent=max_concurrent):
                 console.print(line, highlight=False, soft_wrap=True)
             return
         outcome = runner.launch(

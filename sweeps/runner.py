@@ -157,6 +157,12 @@ def describe(plan_: SweepPlan, max_concurrent: int | None) -> list[str]:
     return lines
 
 
+def dry_run(sweep: Sweep, *, address: str | None = None, max_concurrent: int | None = None) -> list[str]:
+    """Validate placement on the cluster and describe the sweep; loads no data (nothing is downloaded)."""
+    ensure_ray(address, log_to_driver=False)
+    return describe(plan(sweep), max_concurrent)
+
+
 def _write_state(directory: Path, **changes: Any) -> dict[str, Any]:
     path = directory / STATE_FILE
     state = {**(json.loads(path.read_text()) if path.is_file() else {}), **changes}
@@ -233,9 +239,9 @@ def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | No
             f"sweep '{sweep.spec.name}' already exists in {directory} (status: {status}); continue it with "
             f"`byzlab resume {directory}`, or start over with --force"
         )
-    check_data(sweep)
     ensure_ray(address, log_to_driver=False)
     plan_ = plan(sweep, directory)
+    check_data(sweep)
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)

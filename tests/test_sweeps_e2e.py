@@ -307,3 +307,15 @@ def test_report_from_the_sweep_directory_and_from_the_mlflow_experiment(tmp_path
     }
     missing = runner.invoke(cli.app, ["report", "no-such-experiment", "--output-dir", str(output_dir)])
     assert missing.exit_code == 2 and "no-such-experiment" in missing.stderr
+
+
+def test_a_missing_dataset_stops_the_sweep_before_any_trial(tmp_path):
+    spec = write_grid(tmp_path / "grid.yaml", tmp_path / "results")
+    raw = yaml.safe_load(spec.read_text())
+    raw["base"]["data"] = {"dataset": "mnist", "data_root": str(tmp_path / "no-data")}
+    spec.write_text(yaml.safe_dump(raw))
+    dry = runner.invoke(cli.app, ["sweep", str(spec), "--dry-run"], terminal_width=300)
+    assert dry.exit_code == 0, dry.output  # the dry run loads no data
+    result = runner.invoke(cli.app, ["sweep", str(spec)], terminal_width=300)
+    assert result.exit_code == 2 and "MNIST not found" in result.stderr
+    assert not (tmp_path / "results" / "sweeps").exists()
