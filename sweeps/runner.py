@@ -235,9 +235,10 @@ def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | No
     directory = sweep_directory(sweep)
     if (directory / STATE_FILE).is_file() and not force:
         status = read_state(directory).get("status")
+        follow_up = "its report: `byzlab report" if status == "finished" else "continue it with `byzlab resume"
         raise ConfigError(
-            f"sweep '{sweep.spec.name}' already exists in {directory} (status: {status}); continue it with "
-            f"`byzlab resume {directory}`, or start over with --force"
+            f"sweep '{sweep.spec.name}' already exists in {directory} (status: {status}); {follow_up} "
+            f"{directory}`, or start over with --force"
         )
     ensure_ray(address, log_to_driver=False)
     plan_ = plan(sweep, directory)

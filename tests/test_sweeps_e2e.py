@@ -319,3 +319,11 @@ def test_a_missing_dataset_stops_the_sweep_before_any_trial(tmp_path):
     result = runner.invoke(cli.app, ["sweep", str(spec)], terminal_width=300)
     assert result.exit_code == 2 and "MNIST not found" in result.stderr
     assert not (tmp_path / "results" / "sweeps").exists()
+
+
+def test_launching_an_existing_sweep_again_points_to_report_or_force(uninterrupted, tmp_path):
+    output_dir = uninterrupted[0]
+    spec = write_grid(tmp_path / "grid.yaml", output_dir)
+    result = runner.invoke(cli.app, ["sweep", str(spec)], terminal_width=400)
+    assert result.exit_code == 2
+    assert "(status: finished); its report: `byzlab report" in result.stderr and "--force" in result.stderr
