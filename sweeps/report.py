@@ -53,13 +53,14 @@ from mlflow.entities import Run
 
 from orchestrator.config import flatten
 from orchestrator.storage import RunDirectory
-from sweeps.spec import SHORT_NAMES
+from sweeps.spec import SHORT_NAMES, SPEC_FILE, load_saved_sweep
 
 SUMMARY_KEYS = ("acc_last5_mean", "acc_best", "acc_final")
 DETECTION_KEYS = ("detection_tpr", "detection_fpr")
 CURVE_KEYS = ("test_accuracy", *DETECTION_KEYS)
 TABLE_METRIC = "acc_last5_mean"
 RUN_ID_TAG = "byzlab.run_id"
+TRIAL_ID_TAG = "byzlab.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 
 DEFENSE_KEY, DEFENSE_PARAMS = "server.aggregator", "server.aggregator_params"
@@ -101,15 +102,20 @@ class TrialRecord:
 
 
 def records_from_sweep_dir(path: str | Path) -> list[TrialRecord]:
-    """The finished runs under ``path/runs/``, in order of creation (then run id); others are skipped."""
+    """The finished runs under ``path/runs/``, in the sweep file's trial order when the directory keeps
+    it (``sweep.yaml``), else in order of creation (then run id); others are skipped."""
     runs = Path(path) / "runs"
     if not runs.is_dir():
         raise ValueError(f"{path}: not a sweep directory (no runs/ folder)")
     run_dirs = [run_dir for run_dir in map(RunDirectory, runs.iterdir()) if run_dir.exists()]
     states = {run_dir.run_id: run_dir.read_state() for run_dir in run_dirs}
+    trial_order = (
+        {trial.run_id: trial.index for trial in load_saved_sweep(path).trials}
+        if (Path(path) / SPEC_FILE).is_file() else {}
+    )
     finished = sorted(
         (d for d in run_dirs if states[d.run_id].get("status") == "finished"),
-        key=lambda d: (states[d.run_id].get("created", ""), d.run_id),
+        key=lambda d: (trial_order.get(d.run_id, math.inf), states[d.run_id].get("created", ""), d.run_id),
     )
     if not finished:
         raise ValueError(f"{runs}: no finished runs ({len(run_dirs)} run directories)")
@@ -129,7 +135,8 @@ def _record_from_run_dir(run_dir: RunDirectory, state: dict) -> TrialRecord:
 
 
 def records_from_mlflow(experiment_name: str, tracking_uri: str) -> tuple[list[TrialRecord], str | None]:
-    """The FINISHED runs of the experiment that carry the ``byzlab.run_id`` tag (sweep parents do not), in
+    """The FINISHED runs of the experiment that carry the ``byzlab.run_id`` tag (sweep parents do not):
+    sweep trials in their sweep's trial order (Tune numbers trial ids in grid order), then other runs in
     order of start; when an experiment was rerun (``--force``) only its latest finished run is kept. Second
     element: the parent run id all of them share (``mlflow.parentRunId``), else None."""
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -146,7 +153,10 @@ def records_from_mlflow(experiment_name: str, tracking_uri: str) -> tuple[list[T
         page_token = page.token
         if not page_token:
             break
-    latest = list({run.data.tags[RUN_ID_TAG]: run for run in runs}.values())
+    latest = sorted(
+        {run.data.tags[RUN_ID_TAG]: run for run in runs}.values(),
+        key=lambda run: (TRIAL_ID_TAG not in run.data.tags, run.data.tags.get(TRIAL_ID_TAG, "")),
+    )
     if not latest:
         raise ValueError(f"MLflow experiment '{experiment_name}' has no finished byzlab runs")
     parents = {run.data.tags.get(PARENT_TAG) for run in latest}

@@ -37,11 +37,10 @@ from orchestrator.tracking import default_tracking_uri, log_params, open_experim
 from sweeps.live import LiveTable
 from sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
 from sweeps.report import records_from_mlflow, records_from_sweep_dir, write_report
-from sweeps.spec import Sweep, expand, parse_spec
+from sweeps.spec import SPEC_FILE, Sweep, load_saved_sweep
 from sweeps.trainable import run_trial
 
 STATE_FILE = "sweep.json"
-SPEC_FILE = "sweep.yaml"
 TUNE_DIR = "tune"
 RUNS_DIR = "runs"
 REPORT_DIR = "report"
@@ -266,11 +265,6 @@ def _start_tracking(plan_: SweepPlan, state: dict[str, Any]) -> dict[str, Any]:
     return _write_state(
         plan_.directory, status="running", parent_run_id=parent_run_id, tracking_uri=tracking_uri(plan_.base)
     )
-
-
-def load_saved_sweep(directory: Path) -> Sweep:
-    raw = yaml.safe_load((directory / SPEC_FILE).read_text())
-    return expand(parse_spec(raw, raw.get("name", directory.name)))
 
 
 class _StaleTuneStateNoise(logging.Filter):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.config import (
@@ -44,6 +45,7 @@ from orchestrator.config import (
 )
 
 PACKAGED_SWEEPS = Path(__file__).parent
+SPEC_FILE = "sweep.yaml"  # the sweep file as given, kept in the sweep's directory
 _DEFENSE_KEYS = ("server.aggregator", "server.aggregator_params.")
 _ATTACK_KEYS = ("threat.attack", "threat.attack_params.")
 SHORT_NAMES = {"partition.beta": "β", "threat.fraction": "Φ"}
@@ -221,3 +223,9 @@ def parse_spec(raw: dict[str, Any], default_name: str) -> SweepSpec:
 def load_sweep(path_or_name: str | Path) -> Sweep:
     path = resolve_path(path_or_name)
     return expand(parse_spec(read_yaml(path), path.stem))
+
+
+def load_saved_sweep(directory: str | Path) -> Sweep:
+    """The sweep whose directory this is, from the copy of its sweep file kept there."""
+    raw = yaml.safe_load((Path(directory) / SPEC_FILE).read_text())
+    return expand(parse_spec(raw, raw.get("name", Path(directory).name)))

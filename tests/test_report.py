@@ -373,3 +373,31 @@ def test_records_from_mlflow_finished_children_and_parent(tmp_path):
     client.create_experiment("empty")
     with pytest.raises(ValueError, match="no finished byzlab runs"):
         records_from_mlflow("empty", uri)
+
+
+def test_records_from_sweep_dir_follow_the_sweep_files_trial_order(tmp_path):
+    """Concurrent trials start in any order: a directory that keeps its sweep file reports in its order."""
+    from sweeps.spec import load_saved_sweep
+
+    spec = {"name": "order", "base": {"run": {"rounds": 3}, "threat": {"fraction": 0.2}},
+            "defenses": {"median": {}, "lasa": {}, "krum": {}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    trials = load_saved_sweep(tmp_path).trials
+    metrics = {"round": [1, 2, 3], "test_accuracy": [0.1, 0.2, 0.3]}
+    for trial, created in zip(trials, ["2024-01-01T00:00:09", "2024-01-01T00:00:05", "2024-01-01T00:00:01"]):
+        _write_run(tmp_path / "runs", trial.run_id, trial.config.to_dict(),
+                   {"status": "finished", "created": created, "summary": SUMMARY}, metrics)
+    records = records_from_sweep_dir(tmp_path)
+    assert [r.params["server.aggregator"] for r in records] == ["median", "lasa", "krum"]
+
+
+def test_records_from_mlflow_order_sweep_trials_by_trial_id(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.create_experiment("sweep")
+    parent_id = client.create_run(experiment_id, start_time=1000).info.run_id
+    for name, trial_id, start in [("krum", "ab_00002", 1001), ("median", "ab_00000", 1002), ("lasa", "ab_00001", 1003)]:
+        run_id = _log_child(client, experiment_id, parent_id, f"r-{name}", _config(name, 0), [0.5], start)
+        client.set_tag(run_id, "byzlab.trial_id", trial_id)
+        client.set_terminated(run_id, "FINISHED")
+    records, _ = records_from_mlflow("sweep", f"sqlite:///{tmp_path}/mlflow.db")
+    assert [r.params["server.aggregator"] for r in records] == ["median", "lasa", "krum"]
