@@ -105,7 +105,8 @@ def run(
     console.print(f"results: {run_dir}   (MLflow: byzlab ui --output-dir {cfg.run.output_dir})", soft_wrap=True)
 
 
-def _print_outcome(outcome) -> None:
+def _finish_sweep(outcome) -> None:
+    """Say how the sweep ended and where its table is; exit 1 unless every trial finished."""
     state = "[bold green]done[/]" if outcome.complete else "[bold yellow]incomplete[/]"
     console.print(f"{state}  {outcome.finished}/{outcome.total} trials finished  ->  {outcome.directory}")
     for failure in outcome.failed:
@@ -114,6 +115,7 @@ def _print_outcome(outcome) -> None:
         console.print(f"table: {outcome.report[0]}  (all report files in {outcome.report[0].parent})", soft_wrap=True)
     if not outcome.complete:
         console.print(f"continue with: byzlab resume {outcome.directory}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -141,9 +143,7 @@ def sweep(
         )
     except (ConfigError, DatasetNotFoundError) as err:
         _fail(str(err))
-    _print_outcome(outcome)
-    if not outcome.complete:
-        raise typer.Exit(1)
+    _finish_sweep(outcome)
 
 
 @app.command()
@@ -158,9 +158,7 @@ def resume(
         outcome = runner.resume(sweep_dir, address=address)
     except (ConfigError, DatasetNotFoundError) as err:
         _fail(str(err))
-    _print_outcome(outcome)
-    if not outcome.complete:
-        raise typer.Exit(1)
+    _finish_sweep(outcome)
 
 
 @app.command()
