@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.config import ConfigError, load_config, read_yaml, run_id
+from orchestrator.config import ConfigError, load_config, run_id
 from orchestrator.datasets import DatasetNotFoundError
 
 app = typer.Typer(
@@ -130,7 +130,7 @@ def sweep(
 ) -> None:
     """Run a grid of experiments on Ray Tune; ends with the report's tables and plots."""
     from sweeps import runner
-    from sweeps.spec import load_sweep, resolve_path
+    from sweeps.spec import load_sweep
 
     try:
         grid = load_sweep(sweep_file)
@@ -138,9 +138,7 @@ def sweep(
             for line in runner.dry_run(grid, address=address, max_concurrent=max_concurrent):
                 console.print(line, highlight=False, soft_wrap=True)
             return
-        outcome = runner.launch(
-            grid, address=address, max_concurrent=max_concurrent, force=force, raw_spec=read_yaml(resolve_path(sweep_file))
-        )
+        outcome = runner.launch(grid, address=address, max_concurrent=max_concurrent, force=force)
     except (ConfigError, DatasetNotFoundError) as err:
         _fail(str(err))
     _finish_sweep(outcome)

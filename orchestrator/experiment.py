@@ -76,14 +76,17 @@ def make_partition(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray
         raise ConfigError(f"partition: {err}") from None
 
 
-def _load_data(cfg: ExperimentConfig) -> tuple[Dataset, list[np.ndarray], np.ndarray, ServerData]:
-    """The clients' dataset, its partition, the malicious clients and the data the server holds."""
+def load_configured_dataset(cfg: ExperimentConfig) -> Dataset:
     data = cfg.data
-    dataset = load_dataset(
+    return load_dataset(
         data.dataset, data.data_root, data.download,
         test_fraction=data.test_fraction, split_seed=data.split_seed, emnist_split=data.emnist_split,
     )
-    dataset, server_data = prepare_server_data(cfg, dataset)
+
+
+def _load_data(cfg: ExperimentConfig) -> tuple[Dataset, list[np.ndarray], np.ndarray, ServerData]:
+    """The clients' dataset, its partition, the malicious clients and the data the server holds."""
+    dataset, server_data = prepare_server_data(cfg, load_configured_dataset(cfg))
     malicious = draw_malicious(cfg.run.seed, cfg.clients.num_clients, cfg.threat.fraction)
     return dataset, make_partition(cfg, dataset.train_y), malicious, server_data
 

@@ -2,7 +2,7 @@
 
 A sweep's directory is ``<base run.output_dir>/sweeps/<name>``:
 
-- ``sweep.yaml``: the sweep file as given (resume re-reads it); ``sweep.json``: status, MLflow parent run id
+- ``sweep.yaml``: the validated sweep file (resume re-reads it); ``sweep.json``: status, MLflow parent run id
 - ``runs/<run id>/``: each trial's run directory (the single-experiment layout)
 - ``tune/``: Ray Tune's experiment state and the trials' checkpoints (``Tuner.restore`` reads it)
 - ``report/``: tables and plots, also logged to the MLflow parent run
@@ -30,8 +30,7 @@ from ray import tune
 
 from actors.resources import RunResources
 from orchestrator.config import ConfigError, ExperimentConfig, build_config
-from orchestrator.datasets import load_dataset
-from orchestrator.experiment import ensure_ray, make_partition
+from orchestrator.experiment import ensure_ray, load_configured_dataset, make_partition
 from orchestrator.storage import RunDirectory, write_json
 from orchestrator.tracking import default_tracking_uri, log_params, open_experiment, tracking_uri
 from sweeps.live import LiveTable
@@ -115,11 +114,7 @@ def check_data(sweep: Sweep) -> None:
         cfg = trial.config
         data_key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
         if data_key not in datasets:
-            data = cfg.data
-            datasets[data_key] = load_dataset(
-                data.dataset, data.data_root, data.download,
-                test_fraction=data.test_fraction, split_seed=data.split_seed, emnist_split=data.emnist_split,
-            )
+            datasets[data_key] = load_configured_dataset(cfg)
         partition_key = json.dumps(
             [data_key, cfg.partition.model_dump(mode="json"), cfg.clients.num_clients, cfg.run.seed], sort_keys=True
         )
@@ -229,7 +224,7 @@ def _new_tuner(plan_: SweepPlan, state: dict[str, Any], max_concurrent: int | No
 
 
 def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | None = None,
-           force: bool = False, raw_spec: dict[str, Any] | None = None) -> SweepOutcome:
+           force: bool = False) -> SweepOutcome:
     """Check everything, create the sweep directory and parent run, run all trials, write the report."""
     directory = sweep_directory(sweep)
     if (directory / STATE_FILE).is_file() and not force:
@@ -245,8 +240,7 @@ def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | No
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    spec_text = yaml.safe_dump(raw_spec or sweep.spec.model_dump(mode="json"), sort_keys=False)
-    (directory / SPEC_FILE).write_text(spec_text)
+    (directory / SPEC_FILE).write_text(yaml.safe_dump(sweep.spec.model_dump(mode="json"), sort_keys=False))
     state = _write_state(
         directory, name=sweep.spec.name, sweep_id=uuid.uuid4().hex[:12], status="starting", trials=len(sweep.trials),
         parent_run_id=None, tracking_uri=None, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -317,11 +311,8 @@ def _run(plan_: SweepPlan, tuner: tune.Tuner, parent_run_id: str | None) -> Swee
         for result in results
         if result.error is not None
     ]
-    finished = sum(
-        RunDirectory(directory / RUNS_DIR / trial.run_id).exists()
-        and RunDirectory(directory / RUNS_DIR / trial.run_id).read_state()["status"] == "finished"
-        for trial in plan_.sweep.trials
-    )
+    run_dirs = [RunDirectory(directory / RUNS_DIR / trial.run_id) for trial in plan_.sweep.trials]
+    finished = sum(run_dir.exists() and run_dir.read_state()["status"] == "finished" for run_dir in run_dirs)
     outcome = SweepOutcome(directory, len(plan_.sweep.trials), finished, failed)
     if finished:
         outcome.report = report(directory)

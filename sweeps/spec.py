@@ -45,7 +45,7 @@ from orchestrator.config import (
 )
 
 PACKAGED_SWEEPS = Path(__file__).parent
-SPEC_FILE = "sweep.yaml"  # the sweep file as given, kept in the sweep's directory
+SPEC_FILE = "sweep.yaml"  # the validated sweep file, kept in the sweep's directory
 _DEFENSE_KEYS = ("server.aggregator", "server.aggregator_params.")
 _ATTACK_KEYS = ("threat.attack", "threat.attack_params.")
 SHORT_NAMES = {"partition.beta": "β", "threat.fraction": "Φ"}
