@@ -1,0 +1,91 @@
+"""A refactor changes no number: three fixed runs reproduce, bit for bit, the metrics stored before the
+architecture refactor (every non-timing column of metrics.parquet and all of clients.parquet).
+
+The configs and stored tables live in ``tests/fixtures/behaviour/``. Re-record them only for a change
+that is meant to change numbers, and say so in the commit: ``python tests/test_behaviour_unchanged.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+FIXTURES = Path(__file__).parent / "fixtures" / "behaviour"
+CASES = ("quickstart", "fmnist_lasa_byzmean", "digits_fedra_signflip_quantity")
+TABLES = ("metrics", "clients")
+
+
+def run_case(name: str, output_dir: Path) -> dict[str, pa.Table]:
+    """Run the fixture config ``name`` from scratch; its deterministic tables by name."""
+    from orchestrator.config import build_config
+    from orchestrator.experiment import run_experiment
+    from orchestrator.storage import RunDirectory
+
+    raw = yaml.safe_load((FIXTURES / f"{name}.yaml").read_text()) or {}
+    cfg = build_config(raw, [f"run.output_dir={output_dir}", "tracking.enabled=false"])
+    run_dir = RunDirectory(run_experiment(cfg).run_dir)
+    metrics = pq.read_table(run_dir.metrics_path)
+    timing = [c for c in metrics.column_names if c.endswith("_seconds")]  # wall clock differs run to run
+    return {"metrics": metrics.drop_columns(timing), "clients": pq.read_table(run_dir.clients_path)}
+
+
+def bitwise_differences(expected: pa.Table, actual: pa.Table) -> list[str]:
+    """Columns that differ: names, null positions, or any value's bits (NaN equals NaN of the same bits)."""
+    if expected.column_names != actual.column_names:
+        return [f"columns {expected.column_names} != {actual.column_names}"]
+    differences = []
+    for name in expected.column_names:
+        old, new = expected.column(name).combine_chunks(), actual.column(name).combine_chunks()
+        if old.type != new.type or not pc.is_null(old).equals(pc.is_null(new)):
+            differences.append(f"{name}: type or null positions")
+            continue
+        old_values = pc.drop_null(old).to_numpy(zero_copy_only=False)
+        new_values = pc.drop_null(new).to_numpy(zero_copy_only=False)
+        if old_values.dtype.kind == "f":
+            old_values, new_values = old_values.view(f"u{old_values.itemsize}"), new_values.view(f"u{old_values.itemsize}")
+        if not np.array_equal(old_values, new_values):
+            differences.append(f"{name}: values")
+    return differences
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("name", CASES)
+def test_numbers_match_the_stored_run(name, tmp_path):
+    if name.startswith("fmnist"):
+        from orchestrator.datasets import DEBIAN_FASHION_MNIST_DIR
+
+        if not DEBIAN_FASHION_MNIST_DIR.is_dir():
+            pytest.skip("needs Debian's dataset-fashion-mnist (installed by .ci/run)")
+    tables = run_case(name, tmp_path)
+    for table in TABLES:
+        stored = pq.read_table(FIXTURES / f"{name}.{table}.parquet")
+        assert bitwise_differences(stored, tables[table]) == [], f"{name} {table}.parquet changed"
+
+
+def test_bitwise_comparison_sees_one_ulp_and_nan_positions():
+    base = pa.table({"x": [1.0, float("nan"), None], "n": [1, 2, 3]})
+    assert bitwise_differences(base, base) == []
+    one_ulp = pa.table({"x": [np.nextafter(1.0, 2.0), float("nan"), None], "n": [1, 2, 3]})
+    assert bitwise_differences(base, one_ulp) == ["x: values"]
+    moved_null = pa.table({"x": [1.0, None, float("nan")], "n": [1, 2, 3]})
+    assert bitwise_differences(base, moved_null) == ["x: type or null positions"]
+    assert bitwise_differences(base, base.drop_columns(["n"])) != []
+
+
+if __name__ == "__main__":  # re-record the stored tables
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    for case in sys.argv[1:] or CASES:
+        with tempfile.TemporaryDirectory() as directory:
+            for table_name, table in run_case(case, Path(directory)).items():
+                pq.write_table(table, FIXTURES / f"{case}.{table_name}.parquet")
+        print(f"recorded {case}")
