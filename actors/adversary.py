@@ -1,38 +1,25 @@
-"""The threat model at run time: who is malicious, and the server-side adversary of each round."""
+"""The server-side adversary: it rewrites the malicious rows of the round's update matrix (model attack)
+and their claimed sample counts (quantity attack) in attacked rounds."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-import attacks
-from orchestrator.config import ThreatConfig, malicious_count
-from orchestrator.layout import Layer
-from orchestrator.seeding import Stream, numpy_rng, torch_generator
-
-
-def draw_malicious(seed: int, num_clients: int, fraction: float) -> np.ndarray:
-    """The sorted ids of the floor(fraction * N) malicious clients, drawn once per run from the seed."""
-    count = malicious_count(fraction, num_clients)
-    return np.sort(numpy_rng(seed, Stream.MALICIOUS_SET).choice(num_clients, size=count, replace=False))
+from byzlab import attacks
+from byzlab.orchestrator.core.layout import Layer
+from byzlab.orchestrator.core.seeding import Stream, torch_generator
+from byzlab.orchestrator.specs.threat import ThreatSpec
 
 
 class Adversary:
-    """Rewrites the malicious rows of the update matrix (model attack) and their claimed sample counts
-    (quantity attack) in attacked rounds. It sees the benign updates only when the threat model is
-    omniscient; an agnostic attacker computes its statistics from its own honest updates."""
+    """It sees the benign updates only when the threat model is omniscient; an agnostic attacker computes
+    its statistics from its own honest updates."""
 
-    def __init__(self, threat: ThreatConfig, seed: int, initial_params: torch.Tensor, layers: tuple[Layer, ...]):
+    def __init__(self, threat: ThreatSpec, seed: int, initial_params: torch.Tensor, layers: tuple[Layer, ...]):
         self.threat = threat
         self.seed = seed
         self.initial_params = initial_params
         self.layers = layers
-        is_model_attack = threat.attack != "none" and attacks.attack_class(threat.attack).kind == "model"
-        self.model_attack = attacks.build(threat.attack, **threat.attack_params) if is_model_attack else None
-        self.quantity_attack = (
-            attacks.build(threat.quantity_attack, **threat.quantity_params)
-            if threat.quantity_attack != "none" else None
-        )
 
     def attack(
         self,
@@ -44,10 +31,11 @@ class Adversary:
     ) -> None:
         """Rewrite ``updates`` and ``num_samples`` in place; ``malicious`` is the round's bool row mask."""
         num_malicious = int(malicious.sum())
-        if num_malicious == 0 or not self.threat.active(round_index):
+        if num_malicious == 0 or not self.threat.schedule.active(round_index):
             return
         benign = ~malicious
-        if self.model_attack is not None:
+        model_attack = self.threat.model_attack
+        if model_attack is not None:
             own = updates[malicious]
             omniscient = self.threat.knowledge == "omniscient" and bool(benign.any())
             reference = updates[benign] if omniscient else own
@@ -60,7 +48,7 @@ class Adversary:
                 initial_params=self.initial_params,
                 layers=self.layers,
             )
-            updates[malicious] = self.model_attack.craft(own, reference, ctx)
-        if self.quantity_attack is not None:
-            claims = self.quantity_attack.claims(num_samples[benign], num_malicious)
+            updates[malicious] = model_attack.craft(own, reference, ctx)
+        if self.threat.quantity_attack is not None:
+            claims = self.threat.quantity_attack.claims(num_samples[benign], num_malicious)
             num_samples[malicious] = claims.to(num_samples)

@@ -9,12 +9,10 @@ import numpy as np
 import ray
 import torch
 
-import attacks
-from actors.resources import actor_device
-from orchestrator.config import ClientsConfig, ExperimentConfig
-from orchestrator.models import build_model
-from orchestrator.seeding import Stream, torch_generator
-from orchestrator.training import train_locally
+from byzlab.actors.resources import actor_device
+from byzlab.orchestrator.core.seeding import Stream, torch_generator
+from byzlab.orchestrator.learning.training import LocalResult, train_locally
+from byzlab.orchestrator.specs.roles import ClientSpec
 
 
 class ClientWorker:
@@ -22,18 +20,15 @@ class ClientWorker:
 
     def __init__(
         self,
-        cfg: ExperimentConfig,
+        spec: ClientSpec,
         train_x: np.ndarray,
         train_y: np.ndarray,
         client_indices: dict[int, np.ndarray],
-        malicious: np.ndarray,
-        input_shape: tuple[int, int, int],
-        num_classes: int,
         num_threads: int,
     ) -> None:
         torch.set_num_threads(num_threads)
-        self.cfg = cfg
-        self.device = actor_device(cfg.run.device)
+        self.spec = spec
+        self.device = actor_device(spec.device)
         own = np.concatenate(list(client_indices.values()))
         self.x = torch.from_numpy(train_x[own]).to(self.device)
         self.y = torch.from_numpy(train_y[own]).to(self.device)
@@ -42,40 +37,37 @@ class ClientWorker:
         for client, indices in client_indices.items():
             self.slices[client] = slice(start, start + len(indices))
             start += len(indices)
-        self.model = build_model(cfg.model.name, input_shape, num_classes).to(self.device)
-        self._init_data_attack(malicious, num_classes)
+        self.model = spec.model.build().to(self.device)
+        self._init_data_attack()
 
-    def _init_data_attack(self, malicious: np.ndarray, num_classes: int) -> None:
+    def _init_data_attack(self) -> None:
         """Set up this actor's data attackers: poisoned labels are drawn once, keyed by client."""
-        threat = self.cfg.threat
-        self.data_attack: attacks.DataAttack | None = None
+        malicious = self.spec.threat.malicious
         self.num_attackers = len(malicious)
         self.attacker_index = {int(c): i for i, c in enumerate(malicious) if int(c) in self.slices}
-        if threat.attack == "none" or attacks.attack_class(threat.attack).kind != "data" or not self.attacker_index:
+        self.data_attack = self.spec.threat.data_attack if self.attacker_index else None
+        if self.data_attack is None:
             return
-        self.data_attack = attacks.build(threat.attack, **threat.attack_params)
         self.poisoned_y = self.y.clone()
         for client in self.attacker_index:
             part = self.slices[client]
-            generator = torch_generator(self.cfg.run.seed, Stream.LABEL_POISON, client)
-            self.poisoned_y[part] = self.data_attack.poison_labels(self.y[part], num_classes, generator)
-        self.attacker_recipe = ClientsConfig.model_validate(
-            {**self.cfg.clients.model_dump(), **self.data_attack.local_recipe_overrides()}
-        )
+            generator = torch_generator(self.spec.seed, Stream.LABEL_POISON, client)
+            self.poisoned_y[part] = self.data_attack.poison_labels(self.y[part], self.spec.model.num_classes, generator)
 
-    def _train_client(self, client: int, round_index: int, global_flat: torch.Tensor):
+    def _train_client(self, client: int, round_index: int, global_flat: torch.Tensor) -> LocalResult:
         part = self.slices[client]
-        seed = self.cfg.run.seed
+        seed = self.spec.seed
         generator = torch_generator(seed, Stream.LOCAL_TRAINING, round_index, client)
         attacking = (
-            self.data_attack is not None and client in self.attacker_index and self.cfg.threat.active(round_index)
+            self.data_attack is not None and client in self.attacker_index
+            and self.spec.threat.schedule.active(round_index)
         )
         if not attacking:
-            return train_locally(self.model, global_flat, self.x[part], self.y[part], self.cfg.clients, generator)
+            return train_locally(self.model, global_flat, self.x[part], self.y[part], self.spec.recipe, generator)
         attack, attacker = self.data_attack, self.attacker_index[client]
         batch_generator = torch_generator(seed, Stream.BATCH_POISON, round_index, client)
         result = train_locally(
-            self.model, global_flat, self.x[part], self.poisoned_y[part], self.attacker_recipe, generator,
+            self.model, global_flat, self.x[part], self.poisoned_y[part], self.spec.attacker_recipe, generator,
             transform_batch=lambda xb, yb: attack.poison_batch(xb, yb, attacker, self.num_attackers, batch_generator),
         )
         result.update *= attack.update_scale(round_index)

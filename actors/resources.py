@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from orchestrator.config import ConfigError, RunConfig
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.config import RunConfig
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,32 @@
-"""The aggregator contract (DESIGN.md, "Aggregator contract").
+"""The aggregator contract (docs/architecture.md, section "Aggregator contract").
 
 An aggregator maps the round's stacked updates ``U`` (n x d) and a :class:`RoundContext` to an
 :class:`AggregationResult`. Aggregators are pure tensor code: no Ray, no I/O.
+
+A rule declares the optional context fields it reads in ``needs``; :func:`context_fields` is the set the
+server fills for it, and :meth:`RoundContext.restricted_to` builds a context that holds only those (reading
+any other optional field raises :class:`UndeclaredContextField`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.layout import Layer
+from byzlab.orchestrator.core.layout import Layer
 
 
 @dataclass
 class RoundContext:
-    """What a server legitimately knows in a round; never which clients are malicious."""
+    """What a server legitimately knows in a round; never which clients are malicious.
+
+    ``num_byzantine`` and ``round`` are in every context (:data:`BASE_FIELDS`); every other field is
+    optional (:data:`OPTIONAL_FIELDS`) and a rule names those it reads in its ``needs``.
+    """
 
     layers: tuple[Layer, ...] = ()
     client_ids: torch.Tensor | None = None  # population ids of the rows [n] (per-client state, e.g. FoolsGold)
@@ -32,6 +41,74 @@ class RoundContext:
     model_fn: Callable | None = None
     public_data: torch.Tensor | None = None
     proxy_data: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def held_fields(self) -> frozenset[str]:
+        """The fields this context holds: all of them (a restricted context holds fewer)."""
+        return ALL_FIELDS
+
+    def restricted_to(self, names: Iterable[str]) -> RoundContext:
+        """A context holding only ``names`` of the optional fields (plus :data:`BASE_FIELDS`), with the
+        values of this one; reading any other optional field raises :class:`UndeclaredContextField`."""
+        held = frozenset(names) | BASE_FIELDS
+        unknown = held - ALL_FIELDS
+        if unknown:
+            raise ValueError(
+                f"RoundContext has no field {', '.join(sorted(unknown))}; fields: {', '.join(sorted(ALL_FIELDS))}"
+            )
+        return _RestrictedContext(held, **{name: getattr(self, name) for name in held})
+
+    def with_values(self, **changes: Any) -> RoundContext:
+        """A copy with ``changes`` applied, holding the same fields as this one."""
+        return replace(self, **changes)
+
+
+class UndeclaredContextField(RuntimeError):
+    """A rule read a RoundContext field that the context does not hold: the rule's ``needs`` lacks it."""
+
+
+class _RestrictedContext(RoundContext):
+    """A :class:`RoundContext` that holds only some optional fields (:meth:`RoundContext.restricted_to`)."""
+
+    def __init__(self, held: frozenset[str], **values: Any) -> None:
+        super().__init__(**values)
+        object.__setattr__(self, "_held", held)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in OPTIONAL_FIELDS and name not in object.__getattribute__(self, "_held"):
+            held = sorted(object.__getattribute__(self, "_held") - BASE_FIELDS)
+            raise UndeclaredContextField(
+                f"RoundContext.{name} was read, but this context holds only {', '.join(held) or 'no optional field'}"
+                f" (besides {', '.join(sorted(BASE_FIELDS))}): the rule must declare '{name}' in its needs"
+            )
+        return object.__getattribute__(self, name)
+
+    def held_fields(self) -> frozenset[str]:
+        return object.__getattribute__(self, "_held")
+
+    def with_values(self, **changes: Any) -> RoundContext:
+        held = self.held_fields()
+        if set(changes) - held:
+            raise UndeclaredContextField(f"cannot set {', '.join(sorted(set(changes) - held))}: not held")
+        return _RestrictedContext(held, **{name: getattr(self, name) for name in held} | changes)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELD_ORDER if name in self.held_fields())
+        return f"RoundContext.restricted_to({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RoundContext) or other.held_fields() != self.held_fields():
+            return NotImplemented
+        return all(getattr(self, name) is getattr(other, name) or getattr(self, name) == getattr(other, name)
+                   for name in self.held_fields())
+
+
+_FIELD_ORDER = tuple(f.name for f in fields(RoundContext))
+ALL_FIELDS = frozenset(_FIELD_ORDER)
+BASE_FIELDS = frozenset({"num_byzantine", "round"})
+"""Fields every context holds: the Byzantine count the defense is told and the round index."""
+OPTIONAL_FIELDS = ALL_FIELDS - BASE_FIELDS
+"""Fields a rule must declare in ``needs`` to read them."""
+_ROW_FIELDS = ("client_ids", "num_samples", "loss_gaps")  # one entry per update row
 
 
 @dataclass
@@ -70,23 +147,29 @@ def require_server_inputs(name: str, updates: torch.Tensor, ctx: RoundContext, d
 
 
 def _subset_context(ctx: RoundContext, keep: torch.Tensor) -> RoundContext:
-    """The context restricted to the rows in ``keep``. Dropped rows are presumed Byzantine, so the count
-    the rule is told shrinks with them (never below zero)."""
+    """The context restricted to the rows in ``keep`` (holding the same fields). Dropped rows are presumed
+    Byzantine, so the count the rule is told shrinks with them (never below zero)."""
     def rows(t):
         return None if t is None else t[keep.to(t.device)]
 
     dropped = int((~keep).sum())
-    return replace(
-        ctx,
-        client_ids=rows(ctx.client_ids),
-        num_samples=rows(ctx.num_samples),
-        loss_gaps=rows(ctx.loss_gaps),
-        num_byzantine=max(0, ctx.num_byzantine - dropped),
-    )
+    held = ctx.held_fields()
+    per_row = {name: rows(getattr(ctx, name)) for name in _ROW_FIELDS if name in held}
+    return ctx.with_values(**per_row, num_byzantine=max(0, ctx.num_byzantine - dropped))
 
 
-class Aggregator:
-    """Base class. Subclasses set ``name``, ``Params`` and implement :meth:`aggregate`.
+P = TypeVar("P", bound=AggregatorParams)
+
+
+class Aggregator(Generic[P]):
+    """Base class, generic in the parameter schema: a rule is ``class Krum(Aggregator[KrumParams])`` and sets
+    ``name``, ``Params`` (the same schema, which the registry validates with), ``needs`` and implements
+    :meth:`aggregate`; ``self.params`` is then typed as its schema.
+
+    ``needs``: the optional :class:`RoundContext` fields (:data:`OPTIONAL_FIELDS`) that :meth:`aggregate`
+    reads, in any configuration of the rule; the server fills exactly those (:func:`context_fields`), and
+    the driver loads proxy or public data only for rules whose needs name ``proxy_data`` or
+    ``public_data``. ``num_byzantine`` and ``round`` are in every context.
 
     Non-finite rows (an attacker may send NaN/Inf): a rule with ``drops_nonfinite = True`` (every rule that
     filters) never sees them: :meth:`__call__` runs it on the finite rows and reports the others with
@@ -99,20 +182,27 @@ class Aggregator:
 
     name: ClassVar[str]
     Params: ClassVar[type[AggregatorParams]] = AggregatorParams
+    needs: ClassVar[frozenset[str]] = frozenset()
     drops_nonfinite: ClassVar[bool] = True
 
-    def __init__(self, params: AggregatorParams) -> None:
-        self.params = params
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_needs(cls.__name__, cls.needs)
+
+    def __init__(self, params: P) -> None:
+        self.params: P = params
 
     @classmethod
-    def check_setting(cls, params: AggregatorParams, num_clients: int, num_byzantine: int) -> None:
+    def check_setting(cls, params: P, num_clients: int, num_byzantine: int) -> None:
         """Raise ValueError (one line: the rule, the constraint, the numbers) if the rule cannot run with
         ``num_clients`` updates per round of which ``num_byzantine`` are declared Byzantine."""
 
-    def __call__(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
+    def __call__(self, updates: torch.Tensor, ctx: RoundContext, finite: torch.Tensor | None = None) -> AggregationResult:
+        """Aggregate ``updates``; ``finite`` is the round's finite-row mask when the caller has it already
+        (the server computes it once per round), else it is computed here."""
         if not self.drops_nonfinite:
             return self.aggregate(updates, ctx)
-        keep = finite_rows(updates)
+        keep = finite_rows(updates) if finite is None else finite
         if bool(keep.all()):
             return self.aggregate(updates, ctx)
         n = updates.shape[0]
@@ -140,3 +230,24 @@ class Aggregator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"aggregator '{self.name}' is stateless but got state keys {sorted(state)}")
+
+
+def _check_needs(owner: str, needs: Any) -> None:
+    if not isinstance(needs, frozenset):
+        raise TypeError(f"{owner}.needs must be a frozenset of RoundContext field names, got {type(needs).__name__}")
+    unknown = needs - OPTIONAL_FIELDS
+    if unknown:
+        raise TypeError(
+            f"{owner}.needs names {', '.join(sorted(unknown))}, not optional RoundContext fields "
+            f"({', '.join(sorted(OPTIONAL_FIELDS))}; {', '.join(sorted(BASE_FIELDS))} are in every context)"
+        )
+
+
+def context_fields(aggregator: Aggregator | type[Aggregator]) -> frozenset[str]:
+    """The :class:`RoundContext` fields the server fills for ``aggregator`` (a rule or its class; anything
+    with a ``needs`` frozenset): its ``needs`` plus :data:`BASE_FIELDS`. Build the context with exactly
+    these, e.g. ``full.restricted_to(context_fields(rule))`` or ``RoundContext(**{f: value(f) for f in
+    context_fields(rule)})``."""
+    needs = aggregator.needs
+    _check_needs(getattr(aggregator, "__name__", type(aggregator).__name__), needs)
+    return needs | BASE_FIELDS

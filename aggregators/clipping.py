@@ -13,15 +13,9 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.geomed import Weighting, client_weights
-from aggregators.registry import register
-
-
-def clip_scales(norms: torch.Tensor, bound: float) -> torch.Tensor:
-    """``min(1, bound / norm)`` per row: the factor that projects a vector of that norm onto the L2 ball of
-    radius ``bound`` (1 for a zero vector)."""
-    return (bound / norms.clamp(min=torch.finfo(norms.dtype).tiny)).clamp(max=1.0)
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import Weighting, clip_scales, client_weights
+from byzlab.aggregators.registry import register
 
 
 def _effective(weights: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -47,7 +41,7 @@ class NormBoundParams(AggregatorParams):
 
 
 @register
-class NormBound(Aggregator):
+class NormBound(Aggregator[NormBoundParams]):
     """Norm bounding (Sun et al. 2019, the "norm thresholding of updates" defense): every update is scaled
     onto the L2 ball of radius M and the clipped updates are averaged,
 
@@ -65,10 +59,11 @@ class NormBound(Aggregator):
 
     name = "norm_bound"
     Params = NormBoundParams
+    needs = frozenset({"num_samples"})
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        p: NormBoundParams = self.params
-        weights = client_weights(p.weighting, ctx, updates)
+        p = self.params
+        weights = client_weights(p.weighting, ctx.num_samples, updates)
         scales = clip_scales(torch.linalg.vector_norm(updates, dim=1), p.threshold)
         update = (weights * scales) @ updates
         return AggregationResult(
@@ -106,7 +101,7 @@ class CenteredClippingParams(AggregatorParams):
 
 
 @register
-class CenteredClipping(Aggregator):
+class CenteredClipping(Aggregator[CenteredClippingParams]):
     """Centered clipping, CC (Karimireddy et al., ICML 2021: the iterative centered-clipping aggregator and
     the robust momentum-SGD algorithm built on it): starting from a centre v, repeat ``iterations`` times
 
@@ -130,15 +125,16 @@ class CenteredClipping(Aggregator):
 
     name = "centered_clipping"
     Params = CenteredClippingParams
+    needs = frozenset({"num_samples"})  # used with weighting = "samples"
 
     def __init__(self, params: CenteredClippingParams) -> None:
         super().__init__(params)
         self.center: torch.Tensor | None = None
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        p: CenteredClippingParams = self.params
+        p = self.params
         n, d = updates.shape
-        weights = client_weights(p.weighting, ctx, updates)
+        weights = client_weights(p.weighting, ctx.num_samples, updates)
         if self.center is None:
             previous = torch.zeros(d, device=updates.device, dtype=updates.dtype)
         else:

@@ -4,48 +4,26 @@ repeated-median line (Siegel, Biometrika 1982), the baseline of the residual-bas
 
 Every rule works on the stacked updates ``U`` (n x d) on their own device. Work that needs a sort per
 coordinate is done over slices of coordinates so that the extra memory stays bounded (a few times
-:data:`CHUNK_ELEMENTS` elements on top of the input); none of these rules weights or selects clients, so
-``weights`` and ``accepted`` are None (the base class still marks non-finite rows as not accepted).
+``numerics.CHUNK_ELEMENTS`` elements on top of the input); none of these rules weights or selects clients,
+so ``weights`` and ``accepted`` are None (the base class still marks non-finite rows as not accepted).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.registry import register
-
-CHUNK_ELEMENTS = 2**24
-"""Elements of the per-chunk work tensors (sorted values, slopes): 64 MiB in float32."""
-
-
-def coordinate_chunks(d: int, elements_per_coordinate: int, chunk: int | None = None) -> Iterator[slice]:
-    """Slices of ``range(d)`` with ``chunk`` coordinates each (default: as many as fit in
-    :data:`CHUNK_ELEMENTS` when each coordinate needs ``elements_per_coordinate`` work elements)."""
-    if chunk is None:
-        chunk = max(1, CHUNK_ELEMENTS // max(1, elements_per_coordinate))
-    for start in range(0, d, chunk):
-        yield slice(start, min(d, start + chunk))
-
-
-def sorted_median(ordered: torch.Tensor, dim: int) -> torch.Tensor:
-    """Median of values already sorted along ``dim``: the middle value for an odd count, the mean of the two
-    middle values for an even count (``torch.median`` would return the lower one)."""
-    n = ordered.shape[dim]
-    upper = ordered.select(dim, n // 2)
-    if n % 2:
-        return upper
-    return (ordered.select(dim, n // 2 - 1) + upper) / 2
-
-
-def median_last(values: torch.Tensor) -> torch.Tensor:
-    """Median along the last dimension (mean of the two middle values for an even count)."""
-    return sorted_median(torch.sort(values, dim=-1).values, dim=-1)
-
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import (
+    coordinate_chunks,
+    median_last,
+    repeated_median_slopes,
+    sorted_median,
+    trimmed_mean,
+)
+from byzlab.aggregators.registry import register
 
 # ----------------------------------------------------------------------------------------------- median
 
@@ -55,7 +33,7 @@ class MedianParams(AggregatorParams):
 
 
 @register
-class CoordinateMedian(Aggregator):
+class CoordinateMedian(Aggregator[MedianParams]):
     """Coordinate-wise median (Yin et al., ICML 2018, "median-based gradient descent", Alg. 1 option I):
     ``g_k = med_i U[i, k]`` for every coordinate k.
 
@@ -103,7 +81,7 @@ def _trim_count(params: TrimmedMeanParams, n: int, f: int) -> int:
 
 
 @register
-class TrimmedMean(Aggregator):
+class TrimmedMean(Aggregator[TrimmedMeanParams]):
     """Coordinate-wise trimmed mean (Yin et al., ICML 2018, Definition 2 / Alg. 1 option II): for every
     coordinate, drop the k largest and k smallest of the n values and average the n - 2k that remain.
 
@@ -135,8 +113,7 @@ class TrimmedMean(Aggregator):
         k = min(wanted, (n - 1) // 2)
         out = torch.empty(d, device=updates.device, dtype=updates.dtype)
         for cols in coordinate_chunks(d, n):
-            ordered = torch.sort(updates[:, cols], dim=0).values
-            out[cols] = ordered[k : n - k].mean(dim=0)
+            out[cols] = trimmed_mean(updates[:, cols], k)
         return AggregationResult(update=out, info={"trim": float(k), "f_clamped": float(k < wanted)})
 
 
@@ -158,7 +135,7 @@ class RepeatedMedianParams(AggregatorParams):
 
 
 @register
-class RepeatedMedian(Aggregator):
+class RepeatedMedian(Aggregator[RepeatedMedianParams]):
     """Coordinate-wise repeated-median regression line evaluated at the centre: the "Repeated Median"
     baseline of the residual-based-reweighting paper (Fu et al., §3 "Repeated median", eqs. 1-2, and
     Algorithm 1 lines 1-3; Siegel, 1982).
@@ -197,19 +174,11 @@ class RepeatedMedian(Aggregator):
         if n <= 2:  # one value: itself; two values: the line through them at the centre is their mean
             return AggregationResult(update=updates.mean(dim=0))
         device, dtype = updates.device, updates.dtype
-        x = torch.arange(n, device=device, dtype=dtype)
-        centred = (n - 1) / 2 - x  # xbar - x_i
-        # other[i] = the n - 1 indices j != i
-        other = torch.arange(n - 1, device=device).unsqueeze(0).expand(n, n - 1)
-        other = other + (other >= torch.arange(n, device=device).unsqueeze(1)).long()
-        run = x[other] - x.unsqueeze(1)  # x_j - x_i, never 0 since ranks are distinct
+        centred = (n - 1) / 2 - torch.arange(n, device=device, dtype=dtype)  # xbar - x_i
         out = torch.empty(d, device=device, dtype=dtype)
         for cols in coordinate_chunks(d, n * (n - 1), self.params.chunk_size):
             z = torch.sort(updates[:, cols].T, dim=-1).values  # [c, n], z[:, i] has rank i
-            slopes = z[:, other]  # [c, n, n-1]: y_j
-            slopes.sub_(z.unsqueeze(-1)).div_(run)  # (y_j - y_i) / (x_j - x_i)
-            inner = median_last(slopes)  # m_i [c, n]
-            del slopes
+            inner = repeated_median_slopes(z)  # m_i [c, n], eq. (1)'s inner median
             if self.params.intercept == "separate":
                 at_centre = z + inner * centred
             else:

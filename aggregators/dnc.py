@@ -41,8 +41,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import generator_or_seeded, sample_coordinates
+from byzlab.aggregators.registry import register
 
 
 class DnCParams(AggregatorParams):
@@ -58,31 +59,6 @@ class DnCParams(AggregatorParams):
         1.0, ge=0, description="filtering fraction c: each iteration removes the ⌊c·f⌋ highest-scoring clients, "
         "f = declared Byzantine count (DnC's 'c'; 1.0 as in the public reimplementations)"
     )
-
-
-def generator_for(ctx: RoundContext) -> torch.Generator:
-    """The round's generator, or a deterministic stand-in keyed by the round when the caller gave none."""
-    return ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(int(ctx.round))
-
-
-def sample_coordinates(d: int, k: int, generator: torch.Generator) -> torch.Tensor | None:
-    """k of range(d) uniformly without replacement (sorted CPU int64), or None for "all" when k >= d.
-
-    O(k) time and memory when k << d: the first k distinct values of i.i.d. uniform draws form a uniform
-    k-subset. Uses a permutation of range(d) when k >= d/16, where that is cheaper."""
-    if k >= d:
-        return None
-    if 16 * k >= d:
-        return torch.randperm(d, generator=generator)[:k].sort().values
-    draws = torch.empty(0, dtype=torch.long)
-    while True:
-        draws = torch.cat([draws, torch.randint(0, d, (2 * k,), generator=generator)])
-        values, inverse = torch.unique(draws, return_inverse=True)
-        if values.numel() >= k:
-            break
-    first = torch.full((values.numel(),), draws.numel(), dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(draws.numel()), reduce="amin")
-    return values[first.argsort()[:k]].sort().values
 
 
 def dnc_scores(sub: torch.Tensor) -> torch.Tensor:
@@ -105,11 +81,12 @@ def lowest(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 
 @register
-class DnC(Aggregator):
+class DnC(Aggregator[DnCParams]):
     """Divide-and-Conquer: mean of the clients that survive spectral filtering on random coordinate subsets."""
 
     name = "dnc"
     Params = DnCParams
+    needs = frozenset({"generator"})  # when subsampling (subsample_dim < d)
 
     @staticmethod
     def _num_removed(params: DnCParams, num_byzantine: int) -> int:
@@ -129,7 +106,7 @@ class DnC(Aggregator):
         keep = max(1, n - self._num_removed(self.params, ctx.num_byzantine))
         subsampled = self.params.subsample_dim < d
         iterations = self.params.niters if subsampled else 1  # with all coordinates every iteration agrees
-        generator = generator_for(ctx) if subsampled else None
+        generator = generator_or_seeded(ctx.generator, int(ctx.round)) if subsampled else None
         if keep >= n:  # nothing to remove (f = 0 or c = 0): the plain mean
             iterations = 0
         kept_count = torch.zeros(n, dtype=torch.long, device=updates.device)

@@ -58,9 +58,9 @@ import torch
 from pydantic import Field
 from scipy.stats import hypergeom
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.krum import pairwise_distances
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import claimed_counts, lexicographic_order, pairwise_distances
+from byzlab.aggregators.registry import register
 
 _TINY = float(np.finfo(np.float64).tiny)
 _HALF_LN_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -85,11 +85,8 @@ def expected_malicious(n: int, M: int, N: int) -> int:
 
 def claimed_quantities(ctx: RoundContext, n: int, device: torch.device) -> torch.Tensor:
     """q [n] float64: the claimed counts, NaN and negative as 0, +inf as the largest float64; 1 each if absent."""
-    if ctx.num_samples is None:
-        return torch.ones(n, dtype=torch.float64, device=device)
-    q = ctx.num_samples.to(device=device, dtype=torch.float64).reshape(-1)
-    q = torch.nan_to_num(q, nan=0.0, posinf=float(np.finfo(np.float64).max), neginf=0.0)
-    return q.clamp(min=0.0)
+    q = claimed_counts(ctx.num_samples, n, device).reshape(-1)  # negative as 0
+    return torch.nan_to_num(q, nan=0.0, posinf=float(np.finfo(np.float64).max), neginf=0.0)
 
 
 # ---------------------------------------------------------------------------------------------- scores
@@ -235,7 +232,7 @@ class FedRAParams(AggregatorParams):
 
 
 @register
-class FedRA(Aggregator):
+class FedRA(Aggregator[FedRAParams]):
     """FedRA (Yi et al., §4.2-4.3, Alg. 1-2): quantity-aware Krum-style filtering, quantity-weighted mean.
 
     Score s(i) = q_i^gamma * sum_{i -> j} sqrt(q_i q_j / (q_i + q_j)) ||g_i - g_j||_1 over the n - m - 2
@@ -259,6 +256,7 @@ class FedRA(Aggregator):
 
     name = "fedra"
     Params = FedRAParams
+    needs = frozenset({"num_samples", "num_clients_total", "num_byzantine_total"})
 
     @classmethod
     def check_setting(cls, params: FedRAParams, num_clients: int, num_byzantine: int) -> None:
@@ -270,7 +268,7 @@ class FedRA(Aggregator):
             )
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        p: FedRAParams = self.params
+        p = self.params
         n = updates.shape[0]
         device = updates.device
         M, N, known = population(ctx, n)
@@ -285,10 +283,7 @@ class FedRA(Aggregator):
             m_hat = estimate_malicious_count(scored.scores, M, N, p.variance_floor).m_hat
             c = n - m_hat
         # lowest score first; equal scores by the total Q to all others, then by row index
-        totals = scored.quantity_dist.sum(dim=1)
-        order = torch.sort(totals, stable=True).indices
-        order = order[torch.sort(scored.scores[order], stable=True).indices]
-        chosen = order[:c]
+        chosen = lexicographic_order(scored.scores, scored.quantity_dist.sum(dim=1))[:c]
         accepted = torch.zeros(n, dtype=torch.bool, device=device)
         accepted[chosen] = True
         mass = torch.where(accepted, q, torch.zeros_like(q))

@@ -51,8 +51,8 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.registry import register
 
 _ALPHA_ONE = 0.99  # what α = 1 is replaced by before the logit (reference code)
 _ALPHA_ZERO = 1e-6  # α below this (cosine within float32 rounding of 1) counts as exactly 0
@@ -92,11 +92,12 @@ def foolsgold_weights(histories: torch.Tensor, kappa: float = 1.0) -> torch.Tens
 
 
 @register
-class FoolsGold(Aggregator):
+class FoolsGold(Aggregator[FoolsGoldParams]):
     """FoolsGold: sybil-resistant weighted mean from per-client update histories (see module docstring)."""
 
     name = "foolsgold"
     Params = FoolsGoldParams
+    needs = frozenset({"client_ids", "num_clients_total"})  # with memory = True
 
     def __init__(self, params: FoolsGoldParams) -> None:
         super().__init__(params)

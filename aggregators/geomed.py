@@ -1,36 +1,15 @@
 """Geometric median by the smoothed Weiszfeld algorithm: RFA (Pillutla, Kakade and Harchaoui, "Robust
 Aggregation for Federated Learning", IEEE TSP 2022; arXiv:1912.13445).
-
-Also home of :func:`client_weights`, the claimed-sample-count weighting shared by the clipping, SparseFed and
-truncation rules of this package.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.registry import register
-
-Weighting = Literal["samples", "uniform"]
-
-
-def client_weights(weighting: Weighting, ctx: RoundContext, like: torch.Tensor) -> torch.Tensor:
-    """Weights [n] summing to 1, on ``like``'s device and dtype (``like`` is the [n, d] update matrix).
-
-    ``samples``: proportional to the claimed counts ``ctx.num_samples`` (negative claims count as 0);
-    ``uniform``, no counts, or counts that sum to 0: 1/n each.
-    """
-    n = like.shape[0]
-    if weighting == "samples" and ctx.num_samples is not None:
-        counts = ctx.num_samples.to(device=like.device, dtype=torch.float64).clamp(min=0.0)
-        total = counts.sum()
-        if bool(total > 0):
-            return (counts / total).to(like.dtype)
-    return torch.full((n,), 1.0 / n, device=like.device, dtype=like.dtype)
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import Weighting, client_weights
+from byzlab.aggregators.registry import register
 
 
 class GeoMedParams(AggregatorParams):
@@ -59,7 +38,7 @@ class GeoMedParams(AggregatorParams):
 
 
 @register
-class GeoMed(Aggregator):
+class GeoMed(Aggregator[GeoMedParams]):
     """Weighted geometric median ``argmin_z sum_i alpha_i ||z - x_i||`` of the updates, computed with the
     smoothed Weiszfeld algorithm of Pillutla et al. (TSP 2022, section "Robust aggregation": the weighted
     geometric median objective, its nu-smoothed surrogate, and the "smoothed Weiszfeld" algorithm):
@@ -84,10 +63,11 @@ class GeoMed(Aggregator):
 
     name = "geomed"
     Params = GeoMedParams
+    needs = frozenset({"num_samples"})
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        p: GeoMedParams = self.params
-        alpha = client_weights(p.weighting, ctx, updates)
+        p = self.params
+        alpha = client_weights(p.weighting, ctx.num_samples, updates)
         z = alpha @ updates
         dist = torch.linalg.vector_norm(updates - z, dim=1)
         weights = alpha

@@ -1,11 +1,11 @@
 """Distance-based selection rules: Krum and Multi-Krum (Blanchard et al., NeurIPS 2017), the L1-based Krum of
 FedRA (§4.1) and Bulyan (El Mhamdi, Guerraoui & Rouault, ICML 2018).
 
-All of them start from the n x n matrix of pairwise distances between the updates, computed with
-``torch.cdist`` row pair by row pair (``donot_use_mm_for_euclid_dist``: no Gram-matrix cancellation, and an
-update with huge entries gives an infinite distance rather than inf - inf = NaN), so memory is O(n^2)
-beyond the input. Equal Krum scores are ordered by the total distance to all others, then by the lower row
-index; only in that last case (exactly tied updates) does the choice depend on the client order.
+All of them start from the n x n matrix of pairwise distances between the updates
+(``numerics.pairwise_distances``: squared Euclidean from a float64 Gram matrix, or L1), so memory is O(n^2)
+beyond the input, and rank the updates with ``numerics.krum_order``. Equal Krum scores are ordered by the
+total distance to all others, then by the lower row index; only in that last case (exactly tied updates)
+does the choice depend on the client order.
 
 ``f`` is the Byzantine count the defense is told (``ctx.num_byzantine``). ``check_setting`` refuses
 configurations the rule cannot support; in a round that holds more declared attackers than the rule supports
@@ -15,65 +15,16 @@ for that round's n (client sampling), ``aggregate`` clamps f to the largest feas
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.coordinate import coordinate_chunks, sorted_median
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import coordinate_chunks, krum_order, pairwise_distances, sorted_median
+from byzlab.aggregators.registry import register
 
-
-def pairwise_distances(updates: torch.Tensor, p: int, chunk: int = 1 << 16) -> torch.Tensor:
-    """[n, n] distances, exactly symmetric: squared Euclidean for ``p = 2`` (Krum's ||V_i - V_j||^2), L1 for
-    ``p = 1``.
-
-    Squared Euclidean distances come from the Gram matrix, accumulated in float64 over coordinate chunks:
-    a matrix product instead of n^2 d scalar differences (several times faster on CPU, far more on GPU).
-    float64 keeps the cancellation in ||a||^2 + ||b||^2 - 2<a, b> negligible for float32 updates, and a
-    huge row (even 1e30) cannot disturb the distances between the others; distances that overflow come
-    out as +inf, never NaN. The float64 copy never exceeds one chunk.
-    """
-    if p == 1:
-        dist = torch.cdist(updates, updates, p=1.0)
-        return torch.maximum(dist, dist.T)  # equal up to rounding; made exactly symmetric
-    n = updates.shape[0]
-    gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
-    for block in updates.split(chunk, dim=1):
-        block = block.double()
-        gram += block @ block.T
-    squared_norms = gram.diagonal()
-    dist = (squared_norms[:, None] + squared_norms[None, :] - 2 * gram).clamp_min(0)
-    dist = torch.nan_to_num(dist, nan=float("inf"))  # inf - inf where squared norms overflow
-    dist.fill_diagonal_(0)
-    return dist.to(updates.dtype)
-
-
-def krum_order(dist: torch.Tensor, f: int, active: torch.Tensor | None = None) -> torch.Tensor:
-    """Indices of the ``active`` rows (default all), best Krum score first.
-
-    Score (Blanchard et al. 2017, §4): s(i) = sum of the distances from update i to its r - f - 2 closest
-    other active updates ("i -> j"), r = number of active rows. The neighbour count is clipped to [1, r - 1]
-    so the recursion inside Bulyan stays defined when fewer than 2f + 3 updates remain. Equal scores (which
-    happen structurally when one neighbour is counted: two mutually nearest updates share their distance)
-    are ordered by the sum of distances to all other active updates, then by row index.
-    """
-    n_all = dist.shape[0]
-    if active is None:
-        active = torch.ones(n_all, dtype=torch.bool, device=dist.device)
-    rows = active.nonzero().squeeze(1)
-    r = rows.numel()
-    if r <= 1:
-        return rows
-    sub = dist[rows][:, rows]
-    others = sub.masked_fill(torch.eye(r, dtype=torch.bool, device=dist.device), float("inf"))
-    neighbours = max(1, min(r - 1, r - f - 2))
-    scores = torch.sort(others, dim=1).values[:, :neighbours].sum(dim=1)
-    totals = sub.sum(dim=1)
-    order = torch.sort(totals, stable=True).indices
-    order = order[torch.sort(scores[order], stable=True).indices]
-    return rows[order]
+KP = TypeVar("KP", bound=AggregatorParams)
 
 
 def _largest_f(n: int, per_f: int, base: int) -> int:
@@ -84,7 +35,7 @@ def _largest_f(n: int, per_f: int, base: int) -> int:
 # ---------------------------------------------------------------------------------------- krum family
 
 
-class _KrumFamily(Aggregator):
+class _KrumFamily(Aggregator[KP]):
     """Shared body: score every update by its n - f - 2 nearest neighbours (distance ``p``) and average the
     ``m`` lowest-scoring ones with equal weights."""
 
@@ -95,7 +46,7 @@ class _KrumFamily(Aggregator):
         return getattr(self.params, "m", self.default_m)
 
     @classmethod
-    def check_setting(cls, params: AggregatorParams, num_clients: int, num_byzantine: int) -> None:
+    def check_setting(cls, params: KP, num_clients: int, num_byzantine: int) -> None:
         n, f = num_clients, num_byzantine
         if n <= 2 * f + 2:
             raise ValueError(
@@ -129,7 +80,7 @@ class KrumParams(AggregatorParams):
 
 
 @register
-class Krum(_KrumFamily):
+class Krum(_KrumFamily[KrumParams]):
     """Krum (Blanchard et al., NeurIPS 2017, §4): the update with the lowest score
     ``s(i) = sum_{i -> j} ||V_i - V_j||^2`` over its n - f - 2 nearest other updates. Requires n > 2f + 2
     (Proposition 1). ``weights`` and ``accepted`` are one-hot on the chosen update."""
@@ -148,7 +99,7 @@ class MultiKrumParams(AggregatorParams):
 
 
 @register
-class MultiKrum(_KrumFamily):
+class MultiKrum(_KrumFamily[MultiKrumParams]):
     """Multi-Krum (Blanchard et al., NeurIPS 2017, §5): compute every Krum score once, select the m updates
     with the lowest scores and average them (weights 1/m on the selected, ``accepted`` = selected).
     ``m`` defaults to n - f, i.e. only the f worst-scored updates are left out (Blanchard et al.'s Multi-Krum
@@ -170,7 +121,7 @@ class L1KrumParams(AggregatorParams):
 
 
 @register
-class L1Krum(_KrumFamily):
+class L1Krum(_KrumFamily[L1KrumParams]):
     """L1-based Krum (FedRA, Section 4.1): Krum with the squared Euclidean distance replaced by the L1
     distance, ``s(i) = sum_{i -> j} ||g_i - g_j||_1`` over the n - f - 2 nearest others (nearest in L1), and
     the lowest-score update returned. FedRA §4.1 selects one update (``m = 1``, the default); with ``m > 1``
@@ -190,7 +141,7 @@ class BulyanParams(AggregatorParams):
 
 
 @register
-class Bulyan(Aggregator):
+class Bulyan(Aggregator[BulyanParams]):
     """Bulyan over Krum (El Mhamdi, Guerraoui & Rouault, ICML 2018, §4): select n - 2f updates by repeated
     Krum, then per coordinate average the n - 4f selected values closest to their median.
 
@@ -209,7 +160,7 @@ class Bulyan(Aggregator):
     Params = BulyanParams
 
     @classmethod
-    def check_setting(cls, params: AggregatorParams, num_clients: int, num_byzantine: int) -> None:
+    def check_setting(cls, params: BulyanParams, num_clients: int, num_byzantine: int) -> None:
         n, f = num_clients, num_byzantine
         if n < 4 * f + 3:
             raise ValueError(

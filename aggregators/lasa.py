@@ -74,9 +74,9 @@ import math
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.registry import register
-from orchestrator.layout import Layer
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.registry import register
+from byzlab.orchestrator.core.layout import Layer
 
 
 class LASAParams(AggregatorParams):
@@ -170,7 +170,7 @@ def _layout(ctx: RoundContext, d: int) -> tuple[Layer, ...]:
 
 
 @register
-class LASA(Aggregator):
+class LASA(Aggregator[LASAParams]):
     """LASA (Xu, Zhang & Hu 2024, Algorithm 1): per-client Top-k sparsification of the weight tensors
     (Definition 1), then per layer a magnitude (L2 norm) and direction (PDP, eq. 1) filter by MZ-score (eq. 2)
     with radii lambda_m / lambda_d, and the mean of the kept clients' sparsified layers; updates clipped to
@@ -178,9 +178,13 @@ class LASA(Aggregator):
 
     name = "lasa"
     Params = LASAParams
+    needs = frozenset({"layers"})
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        p: LASAParams = self.params
+        """One round of Algorithm 1. Long because it is Algorithm 1 read top to bottom (Top-k, per-layer
+        statistics, median-norm clipping, the layer-wise filter, layer-wise aggregation), one pass over
+        intermediate tensors (the Top-k mask, the per-layer statistics) that helpers would pass around."""
+        p = self.params
         n, d = updates.shape
         layers = _layout(ctx, d)
         weight_layers = [layer for layer in layers if layer.kind == "weight"]

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.registry import register
 
 
 class FedAvgParams(AggregatorParams):
@@ -18,15 +18,17 @@ class FedAvgParams(AggregatorParams):
 
 
 @register
-class FedAvg(Aggregator):
+class FedAvg(Aggregator[FedAvgParams]):
     """Weighted mean of the updates, w_i = n_i / sum_j n_j (or 1/n).
 
     Not robust: one row with NaN/Inf makes the aggregate non-finite, which the server detects and refuses
-    to apply (see ``actors.server``).
+    to apply (see ``actors.server``). The counts are used as claimed, in the updates' dtype (no clamping,
+    unlike the robust rules' ``numerics.client_weights``): FedAvg is the undefended baseline.
     """
 
     name = "fedavg"
     Params = FedAvgParams
+    needs = frozenset({"num_samples"})
     drops_nonfinite = False
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:

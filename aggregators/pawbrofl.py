@@ -54,7 +54,7 @@ Implementation
   blocks of c coordinates (the last one shorter), each with its own Krum pre-filter, weights q, stopping and
   PA rescaling (eq. 9 per block, as in the authors' code); the blocks are processed together as a batch.
   The default (None) runs it once on the whole vector.
-* Krum pre-filter (no-regret): :func:`aggregators.krum.krum_order` with f = ⌈εm⌉ (neighbour count
+* Krum pre-filter (no-regret): ``numerics.krum_order`` with f = ⌈εm⌉ (neighbour count
   m - f - 2) on Euclidean, not squared, distances, as the authors' ``krum_`` does; its worst ⌈εm⌉ are
   removed (at most m - 1). Counts use a 1e-9 tolerance (⌈0.28 · 25⌉ = 7, not 8 from 7.000000000000001).
 * ``loss_gaps`` None (not reported) is treated as all zeros: then p is uniform over the kept clients,
@@ -83,10 +83,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.coordinate import CHUNK_ELEMENTS, coordinate_chunks
-from aggregators.krum import krum_order
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import CHUNK_ELEMENTS, coordinate_chunks, krum_order, squared_distances_from_gram
+from byzlab.aggregators.registry import register
 
 XI_DEFAULT = math.sqrt(20.0) * 1e-5
 """Default stopping threshold ξ on ||Cov_q||_2. The authors' ``filterL2_`` / ``ex_noregret_`` stop when
@@ -209,8 +208,7 @@ def robust_weights(xb: torch.Tensor, estimator: Literal["filtering", "no_regret"
     krum_removed = 0
     eta = cap = None
     if estimator == "no_regret":
-        diag = torch.diagonal(grams, dim1=1, dim2=2)
-        sq = (diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * grams).clamp_min(0)  # ||x_i - x_j||^2
+        sq = squared_distances_from_gram(grams)  # ||x_i - x_j||^2
         sq = torch.maximum(sq, sq.transpose(1, 2))
         sq.diagonal(dim1=1, dim2=2).zero_()
         krum_removed = min(_ceil(epsilon * n), n - 1)
@@ -359,16 +357,17 @@ class PawbroflParams(AggregatorParams):
 
 
 @register
-class Pawbrofl(Aggregator):
+class Pawbrofl(Aggregator[PawbroflParams]):
     """PAwBRoFL (Fernando et al.): a robust weighting q of the clients by Filtering (Alg. 2) or No-Regret
     (Alg. 1), then performance-aware re-weighting by the softmax of q_i · gap_i / μ and rescaling to the
     robust estimate's norm (eqs. 8-9). See the module docstring for the details and choices."""
 
     name = "pawbrofl"
     Params = PawbroflParams
+    needs = frozenset({"loss_gaps"})
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        prm: PawbroflParams = self.params  # type: ignore[assignment]
+        prm = self.params
         n, d = updates.shape
         dev = updates.device
         eps = prm.epsilon

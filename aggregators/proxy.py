@@ -20,14 +20,15 @@ minibatches) is drawn from ``ctx.generator``.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext, require_server_inputs
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext, require_server_inputs
+from byzlab.aggregators.numerics import claimed_counts, generator_or_seeded
+from byzlab.aggregators.registry import register
 
 
 def _require_proxy(
@@ -138,7 +139,7 @@ def server_update(
 
 
 @register
-class FLTrust(Aggregator):
+class FLTrust(Aggregator[FLTrustParams]):
     """FLTrust (Cao et al., NDSS 2021): trust bootstrapped from the server's own update on its root data.
 
     g_0 = the server's update: ``server_steps`` minibatch SGD steps from the global model on the proxy set
@@ -159,12 +160,12 @@ class FLTrust(Aggregator):
 
     name = "fltrust"
     Params = FLTrustParams
-    needs_proxy_data: ClassVar[bool] = True
+    needs = frozenset({"global_params", "model_fn", "proxy_data", "generator", "layers"})
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         p = self.params
         global_params, x, y = _require_proxy(self.name, updates, ctx)
-        generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
+        generator = generator_or_seeded(ctx.generator, 0)
         g0 = server_update(
             global_params, ctx.model_fn, x, y, p.server_lr, p.server_momentum, p.server_steps, p.batch_size, generator
         ).to(updates.dtype)
@@ -225,7 +226,7 @@ _MIN_LOSS = 1e-12  # a perfect fit (loss 0) would get an infinite weight
 
 
 @register
-class Sageflow(Aggregator):
+class Sageflow(Aggregator[SageflowParams]):
     """Sageflow's entropy-based filtering and loss-weighted averaging (Park et al., NeurIPS 2021).
 
     For each client i the server evaluates its model theta_global + Delta_i on the proxy set: E_i = mean
@@ -248,7 +249,7 @@ class Sageflow(Aggregator):
 
     name = "sageflow"
     Params = SageflowParams
-    needs_proxy_data: ClassVar[bool] = True
+    needs = frozenset({"global_params", "model_fn", "proxy_data", "num_samples"})
 
     @torch.no_grad()
     def client_scores(self, updates: torch.Tensor, ctx: RoundContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,10 +271,8 @@ class Sageflow(Aggregator):
         p = self.params
         entropy, loss = self.client_scores(updates, ctx)
         kept = torch.isfinite(entropy) & torch.isfinite(loss) & (entropy < p.entropy_threshold)
-        if p.weighting == "samples" and ctx.num_samples is not None:
-            counts = ctx.num_samples.to(device=updates.device, dtype=torch.float64)
-        else:
-            counts = torch.ones_like(entropy)
+        # negative claims count as 0 (like a claim of 0, they are not accepted: log 0 = -inf)
+        counts = claimed_counts(ctx.num_samples if p.weighting == "samples" else None, len(entropy), updates.device)
         # beta_i = n_i / L_i**delta, normalised in log space (no overflow for tiny losses or large delta)
         log_beta = counts.log() - p.delta * loss.clamp_min(_MIN_LOSS).log()
         accepted = kept & (counts > 0)

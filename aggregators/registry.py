@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from aggregators.base import Aggregator
-from orchestrator.registry import Registry
+from byzlab.aggregators.base import Aggregator
+from byzlab.orchestrator.core.registry import Registry
 
-_registry: Registry[Aggregator] = Registry("aggregator")
+AGGREGATORS: Registry[Aggregator] = Registry("aggregator")
 
-register = _registry.register
-names = _registry.names
-aggregator_class = _registry.get
-validate_params = _registry.validate_params
-build = _registry.build
+register = AGGREGATORS.register
+names = AGGREGATORS.names
+aggregator_class = AGGREGATORS.get
+validate_params = AGGREGATORS.validate_params
+build = AGGREGATORS.build

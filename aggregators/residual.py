@@ -1,5 +1,5 @@
 """Residual-based reweighting (Fu, Xie, Li & Chen, "Attack-Resistant Federated Learning with Residual-based
-Reweighting", arXiv:1912.11464; /work/shared/papers/residual-based-reweighting.md, §3.1, Algorithm 1).
+Reweighting", arXiv:1912.11464, §3.1, Algorithm 1).
 
 Every coordinate n of the K updates gets a robust regression line through the points (rank, value); each
 client's value gets a confidence from its residual to that line, as in one step of iteratively reweighted
@@ -103,9 +103,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.coordinate import coordinate_chunks, median_last, sorted_median
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import coordinate_chunks, median_last, repeated_median_slopes, sorted_median
+from byzlab.aggregators.registry import register
 
 GAMMA = 1.4826
 """Consistency constant of eq. 3 (the MAD of a standard normal is 1 / 1.4826)."""
@@ -196,14 +196,7 @@ def fit_line(
     if estimator == "median" or k == 1:
         return torch.zeros(c, device=device, dtype=dtype), sorted_median(z, dim=-1)
     if estimator == "repeated_median":
-        # other[i] = the K - 1 indices j != i (the same construction as the repeated_median rule)
-        other = torch.arange(k - 1, device=device).unsqueeze(0).expand(k, k - 1)
-        other = other + (other >= torch.arange(k, device=device).unsqueeze(1)).long()
-        run = x[other] - x.unsqueeze(1)  # x_j - x_i, never 0
-        slopes = z[:, other]  # [c, K, K-1]: y_j
-        slopes.sub_(z.unsqueeze(-1)).div_(run)
-        inner = median_last(slopes)  # m_i [c, K], eq. 1's inner median
-        del slopes
+        inner = repeated_median_slopes(z)  # m_i [c, K], eq. 1's inner median (as the repeated_median rule)
         slope = median_last(inner)  # eq. 1
         if intercept == "separate":  # eq. 2 at the centred origin (see the repeated_median rule)
             return slope, median_last(z + inner * centred)
@@ -284,7 +277,7 @@ def residual_step(columns: torch.Tensor, params: ResidualParams | None = None) -
 
 
 @register
-class ResidualReweighting(Aggregator):
+class ResidualReweighting(Aggregator[ResidualParams]):
     """Residual-based reweighting (Fu et al., Algorithm 1, eqs. 1-11); see the module docstring."""
 
     name = "residual"
@@ -299,7 +292,7 @@ class ResidualReweighting(Aggregator):
             )
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        p: ResidualParams = self.params
+        p = self.params
         n, d = updates.shape
         device = updates.device
         if n <= 2:

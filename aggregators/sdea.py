@@ -1,4 +1,5 @@
-"""SDEA: Self-Driven Entropy Aggregation (Huang, Shi, Ye, Li, Du; ICML 2024), ``shared/papers/sdea-*.md``.
+"""SDEA: Self-Driven Entropy Aggregation (Huang, Shi, Ye, Li, Du, "Self-Driven Entropy Aggregation for
+Byzantine-Robust Heterogeneous Federated Learning", ICML 2024).
 
 The server holds unlabeled "random" public images D_g (any dataset, no label-space requirement) and learns
 the aggregation weights on them every round (§3.2, Algorithm 1 in Appendix B):
@@ -23,15 +24,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext, require_server_inputs
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext, require_server_inputs
+from byzlab.aggregators.numerics import generator_or_seeded
+from byzlab.aggregators.registry import register
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ class SDEAParams(AggregatorParams):
 
 
 @register
-class SDEA(Aggregator):
+class SDEA(Aggregator[SDEAParams]):
     """Self-Driven Entropy Aggregation (SDEA, ICML 2024): weights learned on unlabeled public data.
 
     Per round (Algorithm 1): M = 0 in R^n; ``public_subset`` public images are drawn from ``ctx.generator``
@@ -278,7 +280,7 @@ class SDEA(Aggregator):
 
     name = "sdea"
     Params = SDEAParams
-    needs_public_data: ClassVar[bool] = True
+    needs = frozenset({"global_params", "model_fn", "public_data", "generator"})
 
     def learn_weights(
         self, updates: torch.Tensor, ctx: RoundContext, generator: torch.Generator
@@ -330,7 +332,7 @@ class SDEA(Aggregator):
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         p = self.params
         n = updates.shape[0]
-        generator = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
+        generator = generator_or_seeded(ctx.generator, 0)
         learned, info = self.learn_weights(updates, ctx, generator)
         if p.cooperative_cluster:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if p.clustering == "kmeans" else 0

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.dnc import generator_for, sample_coordinates
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import generator_or_seeded, sample_coordinates
+from byzlab.aggregators.registry import register
 
 
 class SignGuardParams(AggregatorParams):
@@ -100,11 +100,12 @@ def largest_cluster(features: torch.Tensor, quantile: float = 0.5) -> tuple[torc
 
 
 @register
-class SignGuard(Aggregator):
+class SignGuard(Aggregator[SignGuardParams]):
     """SignGuard: norm filter ∩ largest sign-statistics cluster, mean of the survivors clipped to the median norm."""
 
     name = "signguard"
     Params = SignGuardParams
+    needs = frozenset({"generator"})  # when sampling coordinates (k < d)
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         n, d = updates.shape
@@ -113,7 +114,7 @@ class SignGuard(Aggregator):
         by_norm, median = norm_filter(norms, p.norm_low, p.norm_high)
 
         k = min(d, max(int(p.sample_fraction * d), p.min_coordinates, 1))
-        columns = sample_coordinates(d, k, generator_for(ctx)) if k < d else None
+        columns = sample_coordinates(d, k, generator_or_seeded(ctx.generator, int(ctx.round))) if k < d else None
         sub = updates if columns is None else updates.index_select(1, columns.to(updates.device))
         by_sign, clusters = largest_cluster(sign_features(sub), p.bandwidth_quantile)
         by_sign = by_sign.to(updates.device)

@@ -10,10 +10,9 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.clipping import clip_scales
-from aggregators.geomed import Weighting, client_weights
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import Weighting, clip_scales, client_weights
+from byzlab.aggregators.registry import register
 
 
 class SparseFedParams(AggregatorParams):
@@ -46,7 +45,7 @@ class SparseFedParams(AggregatorParams):
 
 
 @register
-class SparseFed(Aggregator):
+class SparseFed(Aggregator[SparseFedParams]):
     """SparseFed, "true top-k" variant (Panda et al. 2022: the SparseFed algorithm with the exact top-k in
     place of the count-sketch estimate; the authors' ``true_topk`` mode):
 
@@ -72,6 +71,7 @@ class SparseFed(Aggregator):
 
     name = "sparsefed"
     Params = SparseFedParams
+    needs = frozenset({"num_samples"})  # used with weighting = "samples"
 
     def __init__(self, params: SparseFedParams) -> None:
         super().__init__(params)
@@ -86,9 +86,9 @@ class SparseFed(Aggregator):
         return stored.to(device=like.device, dtype=like.dtype)
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        p: SparseFedParams = self.params
+        p = self.params
         d = updates.shape[1]
-        weights = client_weights(p.weighting, ctx, updates)
+        weights = client_weights(p.weighting, ctx.num_samples, updates)
         scales = clip_scales(torch.linalg.vector_norm(updates, dim=1), p.clip)
         mixed = weights * scales
         g = mixed @ updates

@@ -9,13 +9,13 @@ threshold in each round and applying quantity-aware Trmean"; §2: "any 10% clien
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 from pydantic import Field
 
-from aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from aggregators.registry import register
+from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import claimed_counts, coordinate_chunks
+from byzlab.aggregators.registry import register
 
 CHUNK_ELEMENTS = 2**22
 """Coordinates x clients per slice of the weighted trimmed mean. Each slice needs a handful of work tensors
@@ -62,12 +62,6 @@ def truncation_cap(counts: torch.Tensor, top_fraction: float, mass: float) -> tu
     return float(lo + (-g_lo) * (hi - lo) / (g_hi - g_lo)), True
 
 
-def _chunks(d: int, n: int) -> Iterator[slice]:
-    step = max(1, CHUNK_ELEMENTS // max(1, n))
-    for start in range(0, d, step):
-        yield slice(start, min(d, start + step))
-
-
 def weighted_trimmed_mean(
     updates: torch.Tensor, weights: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +82,7 @@ def weighted_trimmed_mean(
     w = w / w.sum()
     out = torch.empty(d, device=updates.device, dtype=updates.dtype)
     shares = torch.zeros(n, device=updates.device, dtype=torch.float64)
-    for cols in _chunks(d, n):
+    for cols in coordinate_chunks(d, n, budget=CHUNK_ELEMENTS):
         ordered, order = torch.sort(updates[:, cols], dim=0)
         w_sorted = w[order]
         upper = torch.cumsum(w_sorted, dim=0)
@@ -139,7 +133,7 @@ def _trim_mass(params: TruncateParams, weights: torch.Tensor, f: int) -> float:
 
 
 @register
-class Truncate(Aggregator):
+class Truncate(Aggregator[TruncateParams]):
     """Truncate (Portnoy et al. 2022, weight-truncation preprocessing; FedRA's "Truncate" baseline).
 
     1. Cap the claimed counts: ``n_i' = min(n_i, t)`` with the largest t such that the
@@ -172,6 +166,7 @@ class Truncate(Aggregator):
 
     name = "truncate"
     Params = TruncateParams
+    needs = frozenset({"num_samples"})
 
     @classmethod
     def check_setting(cls, params: TruncateParams, num_clients: int, num_byzantine: int) -> None:
@@ -189,12 +184,9 @@ class Truncate(Aggregator):
             )
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        p: TruncateParams = self.params
+        p = self.params
         n = updates.shape[0]
-        if ctx.num_samples is None:
-            counts = torch.ones(n, dtype=torch.float64)
-        else:
-            counts = ctx.num_samples.detach().to(device="cpu", dtype=torch.float64).clamp(min=0.0)
+        counts = claimed_counts(ctx.num_samples, n, "cpu")
         cap, feasible = truncation_cap(counts, p.top_fraction, p.mass)
         if cap > 0:
             truncated = counts.clamp(max=cap)

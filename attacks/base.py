@@ -1,4 +1,4 @@
-"""The attack contracts (DESIGN.md, "Attack contract").
+"""The attack contracts (docs/architecture.md, section "Attack contract").
 
 - A :class:`ModelAttack` runs in the server-side adversary: it rewrites the malicious rows of the round's
   update matrix, seeing the attackers' own honestly trained updates and a *reference* set whose statistics
@@ -9,17 +9,20 @@
 
 Attacks are pure tensor code, usable without Ray. Randomness comes only from the generator they are
 given, so runs are reproducible.
+
+Every attack is generic in its parameter schema: ``class LieAttack(ModelAttack[LieParams])`` with
+``Params = LieParams`` (which the registry validates with), so ``self.params`` is typed as that schema.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.layout import Layer
+from byzlab.orchestrator.core.layout import Layer
 
 AttackKind = Literal["model", "data", "quantity"]
 
@@ -43,16 +46,21 @@ class AttackContext:
     layers: tuple[Layer, ...] = ()
 
 
-class Attack:
+P = TypeVar("P", bound=AttackParams)
+
+
+class Attack(Generic[P]):
+    """Base class, generic in the parameter schema ``P``; subclasses set ``name``, ``kind`` and ``Params``."""
+
     name: ClassVar[str]
     kind: ClassVar[AttackKind]
     Params: ClassVar[type[AttackParams]] = AttackParams
 
-    def __init__(self, params: AttackParams) -> None:
-        self.params = params
+    def __init__(self, params: P) -> None:
+        self.params: P = params
 
 
-class ModelAttack(Attack):
+class ModelAttack(Attack[P]):
     kind = "model"
 
     def craft(self, own: torch.Tensor, reference: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
@@ -64,7 +72,7 @@ class ModelAttack(Attack):
         raise NotImplementedError
 
 
-class DataAttack(Attack):
+class DataAttack(Attack[P]):
     """Client-side poisoning. Every hook defaults to "no change", so an attack overrides only what it does.
 
     ``attacker`` is the index of this malicious client among all malicious clients (0..num_attackers-1),
@@ -97,7 +105,7 @@ class DataAttack(Attack):
         return None
 
 
-class QuantityAttack(Attack):
+class QuantityAttack(Attack[P]):
     kind = "quantity"
 
     def claims(self, benign_counts: torch.Tensor, num_malicious: int) -> torch.Tensor:

@@ -49,13 +49,13 @@ number sets every channel to that (normalised) value.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from attacks.base import AttackParams, DataAttack
-from attacks.registry import register
+from byzlab.attacks.base import AttackParams, DataAttack
+from byzlab.attacks.registry import register
 
 NoiseKind = Literal["symmetric", "pair"]
 
@@ -104,7 +104,7 @@ class NoiseFlipParams(AttackParams):
     )
 
 
-class _NoiseFlip(DataAttack):
+class _NoiseFlip(DataAttack[NoiseFlipParams]):
     """Redraws every label once from row ``T[y]`` of the transition matrix (SDEA Appendix D.1)."""
 
     noise: ClassVar[NoiseKind]
@@ -162,7 +162,7 @@ class LabelFlipParams(AttackParams):
 
 
 @register
-class LabelFlip(DataAttack):
+class LabelFlip(DataAttack[LabelFlipParams]):
     """Label flipping. With ``source`` and ``target`` set, labels ``source`` become ``target`` and the
     others are kept: the targeted flip of the residual-based-reweighting paper §4.2 (MNIST 1 -> 7, CIFAR-10
     cat -> dog). With both unset (default), every label y becomes ``C - 1 - y``: the "Label Flip" attack of
@@ -291,7 +291,10 @@ class TriggerParams(AttackParams):
     )
 
 
-class _TriggerAttack(DataAttack):
+TP = TypeVar("TP", bound=TriggerParams)
+
+
+class _TriggerAttack(DataAttack[TP]):
     """Shared hooks of the pixel-pattern backdoors; subclasses say which trigger each attacker uses."""
 
     def local_trigger(self, attacker: int, num_attackers: int) -> Trigger:
@@ -340,12 +343,16 @@ class BackdoorParams(TriggerParams):
     )
 
 
+BP = TypeVar("BP", bound=BackdoorParams)
+
+
 @register
-class Backdoor(_TriggerAttack):
+class Backdoor(_TriggerAttack[BP]):
     """Pixel-pattern backdoor, naive approach (Gu et al., 2019; Bagdasaryan et al., 2020; residual-based
     reweighting paper §4.3 and App. A.5): the attacker mixes ``poisoned_per_batch`` triggered samples
     labelled ``target`` into every minibatch of every round it is active and submits its update
-    unscaled. The trigger is a solid ``size x size`` square anchored at ``(row, col)`` (module docstring)."""
+    unscaled. The trigger is a solid ``size x size`` square anchored at ``(row, col)`` (module docstring).
+    Generic in its schema (any ``BackdoorParams``), so that ``model_replacement`` extends it with its own."""
 
     name = "backdoor"
     Params = BackdoorParams
@@ -371,7 +378,7 @@ class ModelReplacementParams(BackdoorParams):
 
 
 @register
-class ModelReplacement(Backdoor):
+class ModelReplacement(Backdoor[ModelReplacementParams]):
     """Model replacement (Bagdasaryan et al., 2020; residual paper §4.3): the backdoor's poisoned training,
     and in round ``boost_round`` the attacker scales its update by ``boost`` so that it replaces the
     global model after averaging. In the paper the attacker poisons only that round (the client decides
@@ -402,7 +409,7 @@ class DBAParams(TriggerParams):
 
 
 @register
-class DBA(_TriggerAttack):
+class DBA(_TriggerAttack[DBAParams]):
     """Distributed Backdoor Attack (Xie et al., ICLR 2020), the attack of PAwBRoFL §3 and §5.1: the global
     trigger is split into ``num_parts`` local patterns; attacker i trains with part ``i mod num_parts``
     only, and the test-time trigger is the union of all parts (DBA's setting has as many attackers as

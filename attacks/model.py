@@ -12,7 +12,8 @@ Conventions shared by every attack here (see :class:`attacks.base.ModelAttack`):
 - an empty ``reference`` falls back to ``own`` (the agnostic view), so no attack divides by zero rows;
 - a single reference row has standard deviation 0 (not NaN).
 
-Sources (papers in ``shared/papers``): SDEA §3.1 and Appendix D.2 (RanN, LIE, Min-Max eq. 10, Min-Sum
+Sources: SDEA (Huang et al., "Self-Driven Entropy Aggregation for Byzantine-Robust Heterogeneous
+Federated Learning", ICML 2024) §3.1 and Appendix D.2 (RanN, LIE, Min-Max eq. 10, Min-Sum
 eq. 11), LASA Appendix 7.3 (Random, Noise, Sign-flip, Min-Max/Min-Sum and its stealthy variant,
 TailoredTrMean, LIE, ByzMean), the residual-based-reweighting paper §4.4 (Gaussian noise attack); and the
 original attack papers: Baruch et al., NeurIPS 2019 (LIE); Shejwalkar & Houmansadr, NDSS 2021 (Min-Max,
@@ -28,8 +29,8 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from scipy.stats import norm
 
-from attacks.base import AttackContext, AttackParams, ModelAttack
-from attacks.registry import attack_class, build, register, validate_params
+from byzlab.attacks.base import AttackContext, AttackParams, ModelAttack
+from byzlab.attacks.registry import attack_class, build, register, validate_params
 
 Perturbation = Literal["unit_vec", "std", "sign"]
 
@@ -118,7 +119,7 @@ class RandomParams(AttackParams):
 
 
 @register
-class RandomAttack(ModelAttack):
+class RandomAttack(ModelAttack[RandomParams]):
     """Random / RanN attack: every malicious row is replaced by noise.
 
     ``gaussian``: β_i ~ N(0, σ²I_d), σ = 0.5 (LASA Appendix 7.3, "Random attack"; SDEA Appendix D.2, RanN:
@@ -152,7 +153,7 @@ class NoiseParams(AttackParams):
 
 
 @register
-class NoiseAttack(ModelAttack):
+class NoiseAttack(ModelAttack[NoiseParams]):
     """Noise attack: own + N(0, σ²I). LASA Appendix 7.3: "perturb benign updates by adding Gaussian noise
     used in random attacks", i.e. μ = 0, σ = 0.5 (the default here comes from LASA)."""
 
@@ -179,7 +180,7 @@ class GaussianScaleParams(AttackParams):
 
 
 @register
-class GaussianScaleAttack(ModelAttack):
+class GaussianScaleAttack(ModelAttack[GaussianScaleParams]):
     """Gaussian noise attack of the residual-based-reweighting paper (Fu et al.), §4.4: "multiplying each
     parameter by a scale ε sampled from a Gaussian distribution with a mean of 1"; Table 4 uses standard
     deviations 0%, 100%, 200%, 300% with 10 of 100 participants corrupted. Each coordinate of each malicious
@@ -209,7 +210,7 @@ class SignFlipParams(AttackParams):
 
 
 @register
-class SignFlipAttack(ModelAttack):
+class SignFlipAttack(ModelAttack[SignFlipParams]):
     """Sign-flip attack: β_i = -scale · Δ_i, flipping the sign of every coordinate of the attacker's honest
     update (LASA Appendix 7.3; scale 1 there)."""
 
@@ -232,7 +233,7 @@ class LieParams(AttackParams):
 
 
 @register
-class LieAttack(ModelAttack):
+class LieAttack(ModelAttack[LieParams]):
     """A Little Is Enough (Baruch et al., NeurIPS 2019; SDEA Appendix D.2; LASA Appendix 7.3).
 
     All attackers send β = μ - z·σ, with μ, σ the coordinate-wise mean and standard deviation of
@@ -291,7 +292,7 @@ class _DistanceParams(AttackParams):
     )
 
 
-class _DistanceAttack(ModelAttack):
+class _DistanceAttack(ModelAttack[_DistanceParams]):
     """Shared machinery of Min-Max and Min-Sum (Shejwalkar & Houmansadr, NDSS'21, "AGR-agnostic attacks";
     SDEA Appendix D.2, eqs. 10–11; LASA Appendix 7.3).
 
@@ -408,7 +409,7 @@ class TailoredTrMeanParams(AttackParams):
 
 
 @register
-class TailoredTrMeanAttack(ModelAttack):
+class TailoredTrMeanAttack(ModelAttack[TailoredTrMeanParams]):
     """AGR-tailored attack on trimmed mean (Shejwalkar & Houmansadr, NDSS'21, "AGR-tailored attacks" on
     Trimmed-mean; LASA Appendix 7.3 "TailoredTrmean": maximise the distance between the simple average and
     the trimmed mean). This is the authors' own attack, not Fang et al.'s (USENIX'20)
@@ -485,7 +486,7 @@ class ByzMeanParams(AttackParams):
 
 
 @register
-class ByzMeanAttack(ModelAttack):
+class ByzMeanAttack(ModelAttack[ByzMeanParams]):
     """ByzMean (Xu et al., SignGuard; LASA Appendix 7.3): make the mean of all n updates equal to an
     arbitrary malicious vector.
 
@@ -532,11 +533,11 @@ class IpmParams(AttackParams):
 
 
 @register
-class IpmAttack(ModelAttack):
+class IpmAttack(ModelAttack[IpmParams]):
     """Inner-product manipulation (Xie, Koyejo & Gupta, "Fall of Empires", UAI 2020): every attacker sends
     -ε · mean(reference), so the inner product of the aggregate with the true mean turns negative while the
     malicious updates stay small. ε = 0.1 is the small-ε setting of Xie et al. (also used by Karimireddy et
-    al., 2022); none of the papers in ``shared/papers`` evaluates IPM (SDEA and LASA only cite it)."""
+    al., 2022); none of the defense papers reproduced here evaluates IPM (SDEA and LASA only cite it)."""
 
     name = "ipm"
     Params = IpmParams

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from attacks.base import AttackParams, QuantityAttack
-from attacks.registry import register
+from byzlab.attacks.base import AttackParams, QuantityAttack
+from byzlab.attacks.registry import register
 
 
 class EnlargeQuantityParams(AttackParams):
@@ -23,7 +23,7 @@ class EnlargeQuantityParams(AttackParams):
 
 
 @register
-class EnlargeQuantityAttack(QuantityAttack):
+class EnlargeQuantityAttack(QuantityAttack[EnlargeQuantityParams]):
     """FedRA's quantity-enhanced attack (Yi et al., "Robust Quantity-Aware Aggregation for Federated
     Learning", §5.1 "Attack Model"): the attacker computes the mean μ_q and standard deviation σ_q of the benign
     clients' claimed quantities and every malicious client claims q = μ_q + α_q·σ_q.

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from attacks.base import Attack, AttackKind
-from orchestrator.registry import Registry
+from byzlab.attacks.base import Attack, AttackKind
+from byzlab.orchestrator.core.registry import Registry
 
-_registry: Registry[Attack] = Registry("attack")
+ATTACKS: Registry[Attack] = Registry("attack")
 
-register = _registry.register
-validate_params = _registry.validate_params
-build = _registry.build
+register = ATTACKS.register
+validate_params = ATTACKS.validate_params
+build = ATTACKS.build
 
 
 def names(kind: AttackKind | None = None) -> list[str]:
-    return _registry.names(lambda cls: kind is None or cls.kind == kind)
+    return ATTACKS.names(lambda cls: kind is None or cls.kind == kind)
 
 
 def attack_class(name: str, kind: AttackKind | None = None) -> type[Attack]:
-    return _registry.get(
+    return ATTACKS.get(
         name, lambda cls: kind is None or cls.kind == kind, f"{kind} attack" if kind else "attack"
     )

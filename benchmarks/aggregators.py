@@ -48,8 +48,8 @@ def measure_one(rule: str, n: int, d: int) -> dict[str, float]:
     """Run one aggregation in this process and report seconds and peak-memory growth."""
     import torch
 
-    import aggregators
-    from aggregators import RoundContext
+    from byzlab import aggregators
+    from byzlab.aggregators import RoundContext
 
     torch.set_num_threads(2)
     g = torch.Generator().manual_seed(0)
@@ -91,7 +91,7 @@ def main() -> None:
         print(json.dumps(measure_one(rule, int(n), int(d))))
         return
 
-    import aggregators
+    from byzlab import aggregators
 
     rules = args.rules.split(",") if args.rules else aggregators.names()
     # Rows measured earlier stay (a run with --rules re-measures those rules only).

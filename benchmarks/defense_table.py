@@ -5,7 +5,13 @@ Every (rule, attack) pair is one experiment on the quickstart setting (digits, 1
 beta = 0.5, 20 rounds) with Phi = 0.2 (2 malicious clients), seed 0; cells are the final test accuracy
 (and acc_last5_mean in brackets). An attack is ``name`` or ``name:key=value,key=value``.
 
+A rule is an aggregator name, or pre-aggregators and the aggregator joined by ``+`` (``nnm+median``: the
+``server.pre_aggregators`` list ``[{name: nnm}]`` with default parameters, then ``median``); give parameters
+with ``--extra``, keyed by the same label (``--extra 'clipping+median:server.pre_aggregators=[{name:
+clipping, threshold: 2.0}]'``).
+
     python benchmarks/defense_table.py --rules fedavg,krum --attacks none,sign_flip:scale=4
+    python benchmarks/defense_table.py --rules median,nnm+median --attacks lie
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import ray
 # benchmarks/aggregators.py would shadow the aggregators package: keep this folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from orchestrator.config import build_config
-from orchestrator.experiment import run_experiment
+from byzlab.orchestrator.config import build_config
+from byzlab.orchestrator.run.experiment import run_experiment
 
 RESULTS = Path(__file__).parent / "results" / "defense_table.md"
 
@@ -34,9 +40,19 @@ def attack_overrides(attack: str) -> list[str]:
     return overrides
 
 
+def rule_overrides(rule: str) -> list[str]:
+    """``"nnm+bucketing+median"`` -> the aggregator and its pre-aggregators (default parameters)."""
+    *pre, aggregator = rule.split("+")
+    overrides = [f"server.aggregator={aggregator}"]
+    if pre:
+        overrides.append("server.pre_aggregators=[" + ", ".join(f"{{name: {name}}}" for name in pre) + "]")
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rules", required=True, help="comma-separated aggregator names")
+    parser.add_argument("--rules", required=True,
+                        help="comma-separated aggregator names, each optionally behind pre-aggregators: nnm+median")
     parser.add_argument("--attacks", default="none,sign_flip:scale=4")
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--rounds", type=int, default=20)
@@ -65,12 +81,18 @@ def main() -> None:
         for rule in args.rules.split(","):
             cells = []
             for attack in attacks:
-                overrides = [f"server.aggregator={rule}", f"threat.fraction={args.fraction}", f"run.rounds={args.rounds}",
-                             f"run.output_dir={tmp}", "tracking.enabled=false", "run.checkpoint_every=1000"]
+                overrides = rule_overrides(rule) + [
+                    f"threat.fraction={args.fraction}", f"run.rounds={args.rounds}", f"run.output_dir={tmp}",
+                    "tracking.enabled=false", "run.checkpoint_every=1000",
+                ]
                 overrides += extra.get(rule, [])
                 if attack != "none":
                     overrides += attack_overrides(attack)
-                summary = run_experiment(build_config({}, overrides)).summary
+                cfg = build_config({}, overrides)
+                result = run_experiment(cfg)
+                if cfg.server.pre_aggregators and "agg_pre_rows" not in result.metrics.column_names:
+                    sys.exit(f"{rule}: the server ran without its pre-aggregators (no agg_pre_rows metric)")
+                summary = result.summary
                 cells.append(f"{summary['acc_final']:.3f} ({summary['acc_last5_mean']:.3f})")
                 print(rule, attack, cells[-1], flush=True)
             lines.append(f"| {rule} | " + " | ".join(cells) + " |")

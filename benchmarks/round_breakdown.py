@@ -30,8 +30,8 @@ import torch
 # benchmarks/aggregators.py would shadow the aggregators package: keep this folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from orchestrator.config import build_config
-from orchestrator.experiment import execute, prepare
+from byzlab.orchestrator.config import build_config
+from byzlab.orchestrator.run.experiment import execute, prepare
 
 RESULTS = Path(__file__).parent / "results" / "round_breakdown.md"
 PHASES = ("local training", "transfer", "aggregation", "evaluation", "server other", "driver", "round total")

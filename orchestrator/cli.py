@@ -16,8 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.config import ConfigError, load_config, run_id
-from orchestrator.datasets import DatasetNotFoundError
+from byzlab.orchestrator.core.errors import ConfigError, DatasetNotFoundError
+from byzlab.orchestrator.config import load_config, run_id
+
 
 app = typer.Typer(
     help="byzlab: Byzantine-robust federated-learning experiments on Ray.",
@@ -59,7 +60,7 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local one)"),
 ) -> None:
     """Run one federated experiment (the quickstart when no CONFIG is given)."""
-    from orchestrator import experiment  # Ray and MLflow load only for commands that need them
+    from byzlab.orchestrator.run import experiment  # Ray and MLflow load only for commands that need them
 
     try:
         if resume is not None:
@@ -72,15 +73,15 @@ def run(
         _fail(str(err))
 
     cfg, run_dir = prepared.cfg, prepared.run_dir.path
-    if not prepared.finished:
-        action = "resuming" if prepared.resuming else "running"
+    if prepared.state != "finished":
+        action = "resuming" if prepared.state == "resumed" else "running"
         console.print(
             f"{action} [bold]{cfg.server.aggregator}[/] on {cfg.data.dataset} "
             f"({cfg.clients.num_clients} clients, {cfg.partition.scheme}) -> {run_dir}"
         )
     with _progress() as progress:
         task = progress.add_task("rounds", total=cfg.run.rounds, accuracy="  -  ", seconds="  -  ")
-        if prepared.resuming:
+        if prepared.state == "resumed":
             progress.update(task, completed=prepared.run_dir.read_state().get("round", 0))
 
         def on_round(metrics: dict) -> None:
@@ -129,8 +130,8 @@ def sweep(
     force: bool = typer.Option(False, "--force", help="delete an existing sweep of this name and start over"),
 ) -> None:
     """Run a grid of experiments on Ray Tune; ends with the report's tables and plots."""
-    from sweeps import runner
-    from sweeps.spec import load_sweep
+    from byzlab.sweeps import runner
+    from byzlab.sweeps.spec import load_sweep
 
     try:
         grid = load_sweep(sweep_file)
@@ -150,7 +151,7 @@ def resume(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address: auto or HOST:PORT"),
 ) -> None:
     """Continue an interrupted sweep: finished trials are kept, the others continue from their checkpoints."""
-    from sweeps import runner
+    from byzlab.sweeps import runner
 
     try:
         outcome = runner.resume(sweep_dir, address=address)
@@ -168,7 +169,7 @@ def report(
     uri: Optional[str] = typer.Option(None, "--uri", help="MLflow tracking URI (default: the output dir's store)"),
 ) -> None:
     """Paper-style tables (Markdown, CSV, LaTeX) and plots from a sweep, logged to its MLflow parent run."""
-    from sweeps import runner
+    from byzlab.sweeps import runner
 
     try:
         paths = runner.report(source, out=out, output_dir=output_dir, uri=uri)
@@ -196,45 +197,33 @@ class Listing(str, Enum):
     partitions = "partitions"
     models = "models"
     aggregators = "aggregators"
+    pre_aggregators = "pre-aggregators"
     attacks = "attacks"
 
 
-def _describe_class(cls: type, heading: str = "") -> str:
-    """The docstring's first paragraph, then one line per parameter: name=default: description."""
-    summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-    params = [
-        f"{field}={info.get_default(call_default_factory=True)!r}: {info.description}"
-        for field, info in cls.Params.model_fields.items()
-    ]
-    return "\n".join(line for line in [heading, summary, *params] if line)
-
-
 def _rows(what: Listing) -> list[tuple[str, str]]:
-    if what is Listing.aggregators:
-        import aggregators
+    """(name, description) of every registered component of one kind, from its registry."""
+    if what in (Listing.aggregators, Listing.pre_aggregators, Listing.attacks):
+        from byzlab import aggregators, attacks
 
-        return [(name, _describe_class(aggregators.aggregator_class(name))) for name in aggregators.names()]
-    if what is Listing.attacks:
-        import attacks
+        registry = {Listing.aggregators: aggregators.AGGREGATORS, Listing.pre_aggregators: aggregators.PRE_AGGREGATORS,
+                    Listing.attacks: attacks.ATTACKS}[what]
+        heading = (lambda entry: f"({entry.kind} attack)") if what is Listing.attacks else (lambda entry: "")
+    else:
+        from byzlab.orchestrator.data.datasets import DATASETS
+        from byzlab.orchestrator.data.partition import PARTITION_SCHEMES
+        from byzlab.orchestrator.learning.models import MODELS
 
-        return [
-            (name, _describe_class(cls, f"({cls.kind} attack)"))
-            for name in attacks.names()
-            for cls in [attacks.attack_class(name)]
-        ]
-    from orchestrator import datasets, models, partition
-
-    describe = {
-        Listing.datasets: datasets.describe_datasets,
-        Listing.partitions: partition.describe_partitions,
-        Listing.models: models.describe_models,
-    }[what]
-    return list(describe().items())
+        registry = {Listing.datasets: DATASETS, Listing.partitions: PARTITION_SCHEMES, Listing.models: MODELS}[what]
+        heading = (lambda entry: f"(default model: {entry.default_model})") if what is Listing.datasets else (
+            lambda entry: "")
+    return [(name, registry.describe(name, heading(registry.get(name)))) for name in registry.names()]
 
 
 @app.command("list")
 def list_(what: Listing = typer.Argument(..., help="what to list")) -> None:
-    """List the available datasets, partitions, models, aggregators or attacks (with parameters and defaults)."""
+    """List the available datasets, partitions, models, aggregators, pre-aggregators or attacks (with parameters
+    and defaults)."""
     table = Table(show_lines=True)
     table.add_column("name", style="bold")
     table.add_column("description")
@@ -250,7 +239,7 @@ def ui(
     port: int = typer.Option(5000, "--port"),
 ) -> None:
     """Open the MLflow UI on the run store, bound to 127.0.0.1 only."""
-    from orchestrator.tracking import default_tracking_uri
+    from byzlab.orchestrator.run.tracking import default_tracking_uri
 
     store = uri or default_tracking_uri(output_dir)
     if uri is None and not (output_dir / "mlflow.db").is_file():

@@ -15,8 +15,9 @@ from typing import Any
 import ray
 from ray import tune
 
-from actors.resources import RunResources, check_fits, plan_resources
-from orchestrator.config import ConfigError, ExperimentConfig
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.actors.resources import RunResources, check_fits, plan_resources
+from byzlab.orchestrator.config import ExperimentConfig
 
 _EPSILON = 1e-9
 

@@ -51,9 +51,9 @@ from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from orchestrator.config import flatten
-from orchestrator.storage import RunDirectory
-from sweeps.spec import SHORT_NAMES, SPEC_FILE, load_saved_sweep
+from byzlab.orchestrator.config import flatten
+from byzlab.orchestrator.run.storage import RunDirectory
+from byzlab.sweeps.spec import SHORT_NAMES, SPEC_FILE, load_saved_sweep
 
 SUMMARY_KEYS = ("acc_last5_mean", "acc_best", "acc_final")
 DETECTION_KEYS = ("detection_tpr", "detection_fpr")
@@ -124,7 +124,7 @@ def records_from_sweep_dir(path: str | Path) -> list[TrialRecord]:
 
 def _record_from_run_dir(run_dir: RunDirectory, state: dict) -> TrialRecord:
     params = {key: str(value) for key, value in flatten(run_dir.read_config()).items()}
-    table = run_dir.read_table(run_dir.metrics_path)
+    table = run_dir.read_table("metrics")
     curves = {key: [] for key in CURVE_KEYS}
     for key in CURVE_KEYS:
         if table is not None and key in table.column_names:

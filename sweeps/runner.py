@@ -28,16 +28,18 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from ray import tune
 
-from actors.resources import RunResources
-from orchestrator.config import ConfigError, ExperimentConfig, build_config
-from orchestrator.experiment import ensure_ray, load_configured_dataset, make_partition
-from orchestrator.storage import RunDirectory, write_json
-from orchestrator.tracking import default_tracking_uri, log_params, open_experiment, tracking_uri
-from sweeps.live import LiveTable
-from sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
-from sweeps.report import records_from_mlflow, records_from_sweep_dir, write_report
-from sweeps.spec import SPEC_FILE, Sweep, load_saved_sweep
-from sweeps.trainable import run_trial
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.actors.resources import RunResources
+from byzlab.orchestrator.config import ExperimentConfig, build_config
+from byzlab.orchestrator.run.experiment import ensure_ray
+from byzlab.orchestrator.specs.inputs import load_configured_dataset, make_partition
+from byzlab.orchestrator.run.storage import RunDirectory, write_json
+from byzlab.orchestrator.run.tracking import default_tracking_uri, log_params, open_experiment, tracking_uri
+from byzlab.sweeps.live import LiveTable
+from byzlab.sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
+from byzlab.sweeps.report import records_from_mlflow, records_from_sweep_dir, write_report
+from byzlab.sweeps.spec import SPEC_FILE, Sweep, load_saved_sweep
+from byzlab.sweeps.trainable import run_trial
 
 STATE_FILE = "sweep.json"
 TUNE_DIR = "tune"

@@ -34,8 +34,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.config import (
-    ConfigError,
+from byzlab.orchestrator.config import (
     ExperimentConfig,
     build_config,
     format_validation_error,
@@ -43,6 +42,7 @@ from orchestrator.config import (
     run_id,
     set_dotted,
 )
+from byzlab.orchestrator.core.errors import ConfigError
 
 PACKAGED_SWEEPS = Path(__file__).parent
 SPEC_FILE = "sweep.yaml"  # the validated sweep file, kept in the sweep's directory
@@ -135,11 +135,8 @@ def _describe(overrides: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items())
 
 
-def expand(spec: SweepSpec) -> Sweep:
-    """All trials of the sweep, in order (grid point, then attack, then defense, then seed), each one
-    validated; raises ConfigError naming the first invalid trial and how many there are."""
-    _check_keys(spec)
-    base = build_config(spec.base)
+def _candidates(spec: SweepSpec, base: ExperimentConfig) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """Every (overrides, labels) of the sweep, in order: grid point, then attack, then defense, then seed."""
     defenses = _variants("server.aggregator", "server.aggregator_params", spec.defenses) if spec.defenses else [
         ({}, None)
     ]
@@ -164,7 +161,11 @@ def expand(spec: SweepSpec) -> Sweep:
                 "seed": str(seed),
             }
             candidates.append((overrides, labels))
+    return candidates
 
+
+def _exclude(spec: SweepSpec, candidates: list[tuple[dict[str, Any], dict[str, str]]]):
+    """The candidates that match no `exclude` assignment; an assignment naming a key no trial sets is an error."""
     for position, assignment in enumerate(spec.exclude):
         unknown = [k for k in assignment if not any(k in overrides for overrides, _ in candidates)]
         if unknown:
@@ -176,7 +177,14 @@ def expand(spec: SweepSpec) -> Sweep:
     ]
     if not kept:
         raise ConfigError("the sweep has no trials left after `exclude`")
+    return kept
 
+
+def expand(spec: SweepSpec) -> Sweep:
+    """All trials of the sweep, in order (grid point, then attack, then defense, then seed), each one
+    validated; raises ConfigError naming the first invalid trial and how many there are."""
+    _check_keys(spec)
+    kept = _exclude(spec, _candidates(spec, build_config(spec.base)))
     trials, invalid, seen = [], [], {}
     for index, (overrides, labels) in enumerate(kept):
         tree = json.loads(json.dumps(spec.base))

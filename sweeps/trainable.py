@@ -19,10 +19,10 @@ from typing import Any
 from pyarrow.fs import FileType
 from ray import tune
 
-from orchestrator.config import build_config, run_id
-from orchestrator.experiment import execute, is_checkpoint_round, prepare, prepare_resume, summarize
-from orchestrator.storage import RunDirectory
-from orchestrator.tracking import ParentRun
+from byzlab.orchestrator.config import build_config, run_id
+from byzlab.orchestrator.run.experiment import execute, is_checkpoint_round, prepare, prepare_resume
+from byzlab.orchestrator.run.storage import RunDirectory
+from byzlab.orchestrator.run.tracking import ParentRun
 
 CHECKPOINT_RUN_DIR = "run"  # the run directory's copy inside a Tune checkpoint
 
@@ -66,29 +66,33 @@ def _report(metrics: dict[str, Any], run_dir: RunDirectory | None = None) -> Non
 
 def run_trial(config: dict[str, Any]) -> None:
     """``config``: {"trial": {"config": resolved experiment config, "labels": ...},
-    "sweep": {"name": ..., "id": ..., "parent_run_id": ... or None}} (see ``sweeps.runner``)."""
+    "sweep": {"name": ..., "id": ..., "parent_run_id": ... or None}} (see ``sweeps.runner``).
+
+    The last round is reported after the run finished, with the summary the run computed and a copy of
+    the finished run directory as checkpoint."""
     cfg = build_config(config["trial"]["config"])
     run_dir = RunDirectory(Path(cfg.run.output_dir) / run_id(cfg))
     restore_run_dir(tune.get_checkpoint(), run_dir)
     prepared = prepare_resume(run_dir.path) if run_dir.exists() else prepare(cfg)
+    last_round: dict[str, Any] = {"round": cfg.run.rounds}
 
     def on_round(metrics: dict[str, Any]) -> None:
         round_index = int(metrics["round"])
-        if not is_checkpoint_round(cfg, round_index):
-            _report(metrics)
-            return
         if round_index == cfg.run.rounds:
-            metrics = {**metrics, **summarize(run_dir.read_table(run_dir.metrics_path))}
-        _report(metrics, run_dir)
+            last_round.update(metrics)
+        else:
+            _report(metrics, run_dir if is_checkpoint_round(cfg, round_index) else None)
 
-    sweep = config["sweep"]
-    parent = None
-    if sweep.get("parent_run_id"):
-        trial_tags = {
-            "byzlab.sweep": sweep["name"], "byzlab.sweep_id": sweep["id"],
-            "byzlab.trial_id": tune.get_context().get_trial_id(),
-        }
-        parent = ParentRun(sweep["parent_run_id"], trial_tags)
-    result = execute(prepared, on_round=on_round, parent=parent)
-    if result.status == "already finished":
-        _report({"round": cfg.run.rounds, **result.summary}, run_dir)
+    result = execute(prepared, on_round=on_round, parent=_parent_run(config["sweep"]))
+    _report({**last_round, **result.summary}, run_dir)
+
+
+def _parent_run(sweep: dict[str, Any]) -> ParentRun | None:
+    """The sweep's MLflow run, under which the trial's run is a child; None when tracking is off."""
+    if not sweep.get("parent_run_id"):
+        return None
+    trial_tags = {
+        "byzlab.sweep": sweep["name"], "byzlab.sweep_id": sweep["id"],
+        "byzlab.trial_id": tune.get_context().get_trial_id(),
+    }
+    return ParentRun(sweep["parent_run_id"], trial_tags)

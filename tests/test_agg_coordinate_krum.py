@@ -3,10 +3,9 @@ import pytest
 import torch
 from scipy.stats import siegelslopes
 
-import aggregators.coordinate
-import aggregators.krum
-from aggregators.base import RoundContext
-from aggregators.registry import build
+from byzlab import aggregators
+from byzlab.aggregators.base import RoundContext
+from byzlab.aggregators.registry import build
 
 COORDINATE = ["median", "trimmed_mean", "repeated_median"]
 SELECTING = ["krum", "multi_krum", "l1_krum", "bulyan"]
@@ -87,7 +86,7 @@ def test_chunked_computation_equals_unchunked(monkeypatch):
     for chunk in (1, 5, 36, 1000):
         assert torch.allclose(run("repeated_median", updates, chunk_size=chunk).update, whole)
     expected = {name: run(name, updates, f=2).update for name in ("median", "trimmed_mean", "bulyan")}
-    monkeypatch.setattr(aggregators.coordinate, "CHUNK_ELEMENTS", 20)  # 2-3 coordinates per slice
+    monkeypatch.setattr(aggregators.numerics, "CHUNK_ELEMENTS", 20)  # 2-3 coordinates per slice
     for name, value in expected.items():
         assert torch.allclose(run(name, updates, f=2).update, value)
     assert torch.allclose(run("repeated_median", updates).update, whole)

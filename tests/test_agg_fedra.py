@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-import aggregators.fedra as fedra
-from aggregators.base import RoundContext
-from aggregators.krum import MultiKrum, MultiKrumParams
+from byzlab.aggregators import fedra as fedra
+from byzlab.aggregators import numerics
+from byzlab.aggregators.base import RoundContext
+from byzlab.aggregators.krum import MultiKrum, MultiKrumParams
 
 LN_2PI_HALF = 0.5 * math.log(2 * math.pi)
 
@@ -30,7 +31,7 @@ R = math.sqrt(1.8)  # 1.3416
 
 
 def test_quantity_distance_eq6_by_hand():
-    Q = fedra.quantity_distances(fedra.pairwise_distances(VALUES, 1), COUNTS)
+    Q = fedra.quantity_distances(numerics.pairwise_distances(VALUES, 1), COUNTS)
     assert Q[0, 1] == pytest.approx(2.0)  # 1 * |0 - 2|
     assert Q[0, 3] == pytest.approx(R * 1.0)  # sqrt(1.8) * |0 - 1|
     assert Q[3, 4] == pytest.approx(3.0 * 2.0)  # 3 * |1 - 3|
@@ -265,6 +266,6 @@ def test_check_setting_and_params():
     with pytest.raises(ValueError):
         fedra.FedRAParams(variance_floor=0.0)
     assert all(f.description for f in fedra.FedRAParams.model_fields.values())
-    from aggregators.registry import build as registry_build
+    from byzlab.aggregators.registry import build as registry_build
 
     assert isinstance(registry_build("fedra", mode="fixed"), fedra.FedRA)

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-import aggregators.dnc as dnc
-import aggregators.foolsgold as foolsgold
-import aggregators.signguard as signguard
-from aggregators import RoundContext, build
+from byzlab.aggregators import dnc as dnc
+from byzlab.aggregators import foolsgold as foolsgold
+from byzlab.aggregators import signguard as signguard
+from byzlab.aggregators import RoundContext, build
 
 
 def _ctx(n=None, f=0, seed=0, ids=None):
@@ -170,25 +170,6 @@ def test_dnc_same_generator_seed_same_decision():
     assert torch.equal(a.accepted, b.accepted) and torch.equal(a.update, b.update)
     decisions = {tuple(rule(updates, _ctx(10, f=3, seed=s)).accepted.tolist()) for s in range(8)}
     assert len(decisions) > 1  # the generator does drive the subsampling
-
-
-@pytest.mark.parametrize("d, k", [(100, 40), (10_000, 37), (5, 5)])
-def test_sample_coordinates_is_a_uniform_subset_without_replacement(d, k):
-    idx = dnc.sample_coordinates(d, k, torch.Generator().manual_seed(0))
-    if k >= d:
-        assert idx is None
-        return
-    assert idx.numel() == k and idx.unique().numel() == k and 0 <= int(idx.min()) and int(idx.max()) < d
-    again = dnc.sample_coordinates(d, k, torch.Generator().manual_seed(0))
-    assert torch.equal(idx, again)
-
-
-def test_sample_coordinates_rejection_branch_is_uniform():
-    g = torch.Generator().manual_seed(1)
-    counts = torch.zeros(100)
-    for _ in range(2000):  # k = 5 of d = 100 takes the draw-and-reject branch (16 k < d)
-        counts[dnc.sample_coordinates(100, 5, g)] += 1
-    assert counts.sum() == 10_000 and (counts - 100).abs().max() < 45  # expected 100 each, sd ~ 10
 
 
 # ------------------------------------------------------------------------------------------------ SignGuard

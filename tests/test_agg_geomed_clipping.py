@@ -8,12 +8,9 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-import aggregators.clipping  # noqa: F401  (registers norm_bound, centered_clipping)
-import aggregators.geomed  # noqa: F401  (registers geomed, rfa)
-import aggregators.sparsefed  # noqa: F401  (registers sparsefed)
-import aggregators.truncate  # noqa: F401  (registers truncate)
-from aggregators import RoundContext, build
-from aggregators.truncate import top_count, truncation_cap, weighted_trimmed_mean
+from byzlab import aggregators
+from byzlab.aggregators import RoundContext, build
+from byzlab.aggregators.truncate import top_count, truncation_cap, weighted_trimmed_mean
 
 TRIANGLE = torch.tensor([[0.0, 0.0], [4.0, 0.0], [1.0, 3.0]], dtype=torch.float64)
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-import aggregators.lasa as lasa
-from aggregators import RoundContext, build
-from orchestrator.layout import Layer
+from byzlab.aggregators import lasa as lasa
+from byzlab.aggregators import RoundContext, build
+from byzlab.orchestrator.core.layout import Layer
 
 # a.weight (2, 2) at 0..3, b.bias (2,) at 4..5
 TWO_LAYERS = (Layer("a.weight", (2, 2), 0, "weight"), Layer("b.bias", (2,), 4, "bias"))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from aggregators.base import RoundContext
-from aggregators.pawbrofl import (
+from byzlab.aggregators.base import RoundContext
+from byzlab.aggregators.pawbrofl import (
     XI_DEFAULT,
     Pawbrofl,
     PawbroflParams,
@@ -16,7 +16,7 @@ from aggregators.pawbrofl import (
     performance_aware,
     robust_weights,
 )
-from aggregators.registry import build
+from byzlab.aggregators.registry import build
 
 
 def _rule(**params):

@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
-import aggregators
-import aggregators.proxy  # noqa: F401  (registers fltrust and sageflow; aggregators/__init__ does not yet)
-from aggregators import RoundContext
-from orchestrator.layout import Layer
+from byzlab import aggregators
+from byzlab.aggregators import RoundContext
+from byzlab.orchestrator.core.layout import Layer
 
 FEATURES, CLASSES = 2, 2
 
@@ -181,8 +180,8 @@ def test_fltrust_minibatches_come_from_the_generator():
 
 
 def test_fltrust_params_and_registry():
-    assert aggregators.aggregator_class("fltrust").needs_proxy_data is True
-    assert getattr(aggregators.aggregator_class("fedavg"), "needs_proxy_data", False) is False
+    assert "proxy_data" in aggregators.aggregator_class("fltrust").needs
+    assert "proxy_data" not in aggregators.aggregator_class("fedavg").needs
     defaults = aggregators.build("fltrust").params
     assert (defaults.server_lr, defaults.server_momentum, defaults.server_steps, defaults.batch_size) == (
         0.05, 0.9, 8, 32
@@ -309,7 +308,7 @@ def test_missing_server_data_is_a_clear_error(name):
         rule(updates, RoundContext())
     with pytest.raises(ValueError, match="coordinates"):
         rule(torch.zeros(2, 5, dtype=torch.float64), RoundContext(**base))
-    assert aggregators.aggregator_class(name).needs_proxy_data is True
+    assert {"global_params", "model_fn", "proxy_data"} <= aggregators.aggregator_class(name).needs
 
 
 @pytest.mark.parametrize("name", ["fltrust", "sageflow"])

@@ -7,11 +7,10 @@ import pytest
 import torch
 from scipy.stats import theilslopes
 
-import aggregators.coordinate  # noqa: F401  (registers repeated_median)
-import aggregators.residual  # noqa: F401  (registers residual; the package __init__ does not import it yet)
-from aggregators.base import RoundContext
-from aggregators.registry import build, validate_params
-from aggregators.residual import ResidualParams, fit_line, leverage, residual_step
+from byzlab import aggregators
+from byzlab.aggregators.base import RoundContext
+from byzlab.aggregators.registry import build, validate_params
+from byzlab.aggregators.residual import ResidualParams, fit_line, leverage, residual_step
 
 F64 = torch.float64
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import aggregators
-from aggregators import RoundContext
+from byzlab import aggregators
+from byzlab.aggregators import RoundContext
 
 LN2 = math.log(2.0)
 
@@ -18,7 +18,7 @@ def sdea():
     """aggregators.sdea, imported (which registers "sdea") when these tests run, not when they are collected:
     tests/test_aggregator_invariants.py parametrises over the rules registered at collection, with a context
     that has no public data, until aggregators/__init__ imports sdea and that test provides some."""
-    import aggregators.sdea as module
+    from byzlab.aggregators import sdea as module
 
     return module
 
@@ -316,7 +316,8 @@ def test_single_client_and_missing_context():
 
 def test_params_are_documented_and_the_rule_asks_for_public_data(sdea):
     assert "sdea" in aggregators.names()
-    assert aggregators.aggregator_class("sdea").needs_public_data is True
+    assert {"global_params", "model_fn", "public_data"} <= aggregators.aggregator_class("sdea").needs
+    assert "proxy_data" not in aggregators.aggregator_class("sdea").needs
     for name, field in sdea.SDEAParams.model_fields.items():
         assert field.description, name
     p = sdea.SDEAParams()

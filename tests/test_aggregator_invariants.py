@@ -1,10 +1,12 @@
 """Properties every registered aggregation rule must have, checked rule by rule."""
 
+import typing
+
 import pytest
 import torch
 
-import aggregators
-from aggregators import RoundContext
+from byzlab import aggregators
+from byzlab.aggregators import RoundContext
 
 N = 10
 CLASSES = 3
@@ -130,3 +132,23 @@ def test_nan_and_inf_rows_never_reach_the_aggregate(name):
     if result.weights is not None:
         assert result.weights[2] == 0 and result.weights[7] == 0
     assert result.info["nonfinite_dropped"] == 2
+
+
+def _schema_argument(cls, base):
+    """The parameter schema ``cls`` binds ``base``'s generic parameter to (a class, or a TypeVar when the rule
+    is itself generic): the first parametrised base found along the MRO."""
+    for klass in cls.__mro__:
+        for orig in klass.__dict__.get("__orig_bases__", ()):
+            origin, args = typing.get_origin(orig), typing.get_args(orig)
+            if origin is not None and args and issubclass(origin, base):
+                return args[0]
+    raise AssertionError(f"{cls.__name__} does not parametrise {base.__name__}")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_the_generic_parameter_is_the_params_schema(name):
+    """``class Krum(Aggregator[KrumParams])`` with ``Params = KrumParams``: the type ``self.params`` is
+    declared with is the schema the registry validates with."""
+    cls = aggregators.aggregator_class(name)
+    assert _schema_argument(cls, aggregators.Aggregator) is cls.Params
+    assert type(aggregators.build(name).params) is cls.Params

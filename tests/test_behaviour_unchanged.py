@@ -1,12 +1,14 @@
 """A refactor changes no number: three fixed runs reproduce, bit for bit, the metrics stored before the
 architecture refactor (every non-timing column of metrics.parquet and all of clients.parquet).
 
-The configs and stored tables live in ``tests/fixtures/behaviour/``. Re-record them only for a change
+The configs and stored tables live in ``tests/fixtures/behaviour/``, with ``run_ids.json``: the run ids that
+ten configs had before the refactor. Re-record them only for a change
 that is meant to change numbers, and say so in the commit: ``python tests/test_behaviour_unchanged.py``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,9 +27,9 @@ TABLES = ("metrics", "clients")
 
 def run_case(name: str, output_dir: Path) -> dict[str, pa.Table]:
     """Run the fixture config ``name`` from scratch; its deterministic tables by name."""
-    from orchestrator.config import build_config
-    from orchestrator.experiment import run_experiment
-    from orchestrator.storage import RunDirectory
+    from byzlab.orchestrator.config import build_config
+    from byzlab.orchestrator.run.experiment import run_experiment
+    from byzlab.orchestrator.run.storage import RunDirectory
 
     raw = yaml.safe_load((FIXTURES / f"{name}.yaml").read_text()) or {}
     cfg = build_config(raw, [f"run.output_dir={output_dir}", "tracking.enabled=false"])
@@ -60,7 +62,7 @@ def bitwise_differences(expected: pa.Table, actual: pa.Table) -> list[str]:
 @pytest.mark.parametrize("name", CASES)
 def test_numbers_match_the_stored_run(name, tmp_path):
     if name.startswith("fmnist"):
-        from orchestrator.datasets import DEBIAN_FASHION_MNIST_DIR
+        from byzlab.orchestrator.data.datasets import DEBIAN_FASHION_MNIST_DIR
 
         if not DEBIAN_FASHION_MNIST_DIR.is_dir():
             pytest.skip("needs Debian's dataset-fashion-mnist (installed by .ci/run)")
@@ -68,6 +70,14 @@ def test_numbers_match_the_stored_run(name, tmp_path):
     for table in TABLES:
         stored = pq.read_table(FIXTURES / f"{name}.{table}.parquet")
         assert bitwise_differences(stored, tables[table]) == [], f"{name} {table}.parquet changed"
+
+
+@pytest.mark.parametrize("case", json.loads((FIXTURES / "run_ids.json").read_text()), ids=lambda c: " ".join(c["overrides"]) or "defaults")
+def test_run_ids_are_those_of_before_the_refactor(case):
+    """Configs keep their run ids (recorded before the registries), so an existing finished run is still found."""
+    from byzlab.orchestrator.config import build_config, run_id
+
+    assert run_id(build_config({}, case["overrides"])) == case["run_id"]
 
 
 def test_bitwise_comparison_sees_one_ulp_and_nan_positions():

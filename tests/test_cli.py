@@ -2,7 +2,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator import cli
+from byzlab.orchestrator import cli
 
 runner = CliRunner()
 
@@ -35,14 +35,16 @@ def test_list_shows_every_kind_with_parameters():
     aggregators = runner.invoke(cli.app, ["list", "aggregators"], terminal_width=200)
     assert aggregators.exit_code == 0
     assert "fedavg" in aggregators.stdout and "weighting='samples'" in aggregators.stdout
-    for what, expected in [("datasets", "fashion-mnist"), ("partitions", "dirichlet"), ("models", "resnet18")]:
+    for what, expected in [("datasets", "fashion-mnist"), ("partitions", "dirichlet"), ("models", "resnet18"),
+                           ("datasets", "(default model: mlp)"), ("partitions", "beta=0.5"),
+                           ("pre-aggregators", "bucketing"), ("pre-aggregators", "threshold (required)")]:
         result = runner.invoke(cli.app, ["list", what], terminal_width=200)
         assert result.exit_code == 0 and expected in result.stdout
     assert runner.invoke(cli.app, ["list", "widgets"]).exit_code == 2
 
 
 def test_list_attacks_shows_every_attack_with_kind_and_defaults():
-    import attacks
+    from byzlab import attacks
 
     result = runner.invoke(cli.app, ["list", "attacks"], terminal_width=250)
     assert result.exit_code == 0

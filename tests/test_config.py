@@ -2,7 +2,8 @@ import re
 
 import pytest
 
-from orchestrator.config import ConfigError, ExperimentConfig, build_config, flatten, load_config, run_id
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.config import ExperimentConfig, build_config, flatten, load_config, run_id
 
 
 def test_defaults_are_the_quickstart():

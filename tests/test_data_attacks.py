@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-import attacks.data  # noqa: F401  (registers the attacks; attacks/__init__.py does not import it yet)
-from attacks.data import Trigger, apply_trigger, transition_matrix
-from attacks.registry import build, names
+from byzlab import attacks
+from byzlab.attacks.data import Trigger, apply_trigger, transition_matrix
+from byzlab.attacks.registry import build, names
 
 ALL = ["backdoor", "dba", "label_flip", "model_replacement", "pair_flip", "symmetric_flip"]
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from orchestrator import datasets
-from orchestrator.datasets import (
+from byzlab.orchestrator.data import datasets
+from byzlab.orchestrator.data.datasets import (
     DATASET_NAMES,
     EMNIST_SPLITS,
     Dataset,
     DatasetNotFoundError,
-    describe_datasets,
+    DATASETS,
     load_dataset,
 )
 
@@ -366,7 +366,10 @@ def test_unknown_dataset_name_lists_the_known_ones():
     assert all(name in message for name in DATASET_NAMES)
 
 
-def test_describe_datasets_covers_every_dataset():
-    descriptions = describe_datasets()
-    assert tuple(descriptions) == DATASET_NAMES
-    assert all(text and "\n" not in text for text in descriptions.values())
+def test_every_dataset_describes_itself_and_its_parameters():
+    assert DATASET_NAMES == ("digits", "fashion-mnist", "mnist", "emnist", "cifar10", "cifar100", "svhn")
+    assert all(len(DATASETS.describe(name).splitlines()[0]) > 20 for name in DATASET_NAMES)
+    assert DATASETS.describe("digits").splitlines()[1:] == [
+        "test_fraction=0.25: share held out for testing",
+        "split_seed=0: seed of the stratified train/test split",
+    ]

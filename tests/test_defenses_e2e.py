@@ -3,8 +3,8 @@ collapses FedAvg."""
 
 import pytest
 
-from orchestrator.config import build_config
-from orchestrator.experiment import run_experiment
+from byzlab.orchestrator.config import build_config
+from byzlab.orchestrator.run.experiment import run_experiment
 
 ATTACK = ["threat.fraction=0.2", "threat.attack=sign_flip", "threat.attack_params.scale=4"]
 FILTERING = ["krum", "multi_krum", "bulyan", "median", "trimmed_mean", "geomed", "dnc", "signguard", "fltrust"]

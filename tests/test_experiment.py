@@ -6,11 +6,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from orchestrator.config import ConfigError, build_config
-from orchestrator.datasets import DEBIAN_FASHION_MNIST_DIR
-from orchestrator.experiment import execute, prepare, resume_experiment, run_experiment
-from orchestrator.storage import RunDirectory
-from orchestrator.tracking import default_tracking_uri
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.config import build_config
+from byzlab.orchestrator.data.datasets import DEBIAN_FASHION_MNIST_DIR
+from byzlab.orchestrator.run.experiment import execute, prepare, resume_experiment, run_experiment
+from byzlab.orchestrator.run.storage import RunDirectory
+from byzlab.orchestrator.run.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -33,7 +34,7 @@ def test_quickstart_fedavg_on_digits(tmp_path):
     assert result.metrics.num_rows == 20
 
     run_dir = RunDirectory(result.run_dir)
-    clients = pq.read_table(run_dir.clients_path).to_pandas()
+    clients = run_dir.read_table("clients").to_pandas()
     partition = pq.read_table(run_dir.partition_path).to_pandas()
     assert len(clients) == 20 * 10
     assert not clients["malicious"].any()
@@ -91,11 +92,17 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     run_dir = RunDirectory(tmp_path / "resumed" / straight.run_id)
     assert run_dir.read_state()["status"] == "interrupted"
     assert run_dir.load_checkpoint()["round"] == 2
+    # rounds 1-2 were appended at the checkpoint, round 3 when the run was interrupted; nothing joined yet
+    assert sorted(p.name for p in run_dir.segments_path.iterdir()) == [
+        "clients-0000001.parquet", "clients-0000003.parquet", "metrics-0000001.parquet", "metrics-0000003.parquet"]
+    assert not run_dir.metrics_path.exists()
+    assert run_dir.read_table("metrics")["round"].to_pylist() == [1, 2, 3]
     with pytest.raises(ConfigError, match="--resume"):  # a plain rerun refuses to clobber it
         prepare(cfg)
 
     resumed = resume_experiment(run_dir.path)
     assert _numbers(resumed.metrics) == _numbers(straight.metrics)
+    assert not run_dir.segments_path.exists() and run_dir.metrics_path.is_file()
     expected, actual = (RunDirectory(r.run_dir).load_checkpoint()["server"] for r in (straight, resumed))
     assert torch.equal(expected["global_params"], actual["global_params"])
     assert torch.equal(expected["velocity"], actual["velocity"])

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import aggregators
-from aggregators import RoundContext
+from byzlab import aggregators
+from byzlab.aggregators import RoundContext
 
 UPDATES = torch.tensor([[1.0, 0.0], [3.0, 2.0], [8.0, -4.0]])
 

@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from orchestrator.layout import flatten_state, layout_size, load_flat_state, model_layout
-from orchestrator.models import build_model
+from byzlab.orchestrator.core.layout import flatten_state, layout_size, load_flat_state, model_layout
+from byzlab.orchestrator.learning.models import build_model
 
 
 def _net():
@@ -43,7 +43,7 @@ def test_layer_slices_cut_the_vector_back_into_tensors():
 
 
 def test_functional_forward_matches_the_module_and_passes_gradients():
-    from orchestrator.layout import functional_forward
+    from byzlab.orchestrator.core.layout import functional_forward
 
     torch.manual_seed(0)
     model = _net().eval()

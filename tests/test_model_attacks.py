@@ -4,14 +4,15 @@ hand-worked values, reproducibility and parameter validation."""
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
 
-import attacks.model as model_attacks
-import attacks.quantity  # noqa: F401  (registers enlarge_quantity)
-from attacks.base import AttackContext
-from attacks.registry import build
+from byzlab.attacks import model as model_attacks
+from byzlab import attacks
+from byzlab.attacks.base import AttackContext
+from byzlab.attacks.registry import build
 
 MODEL_ATTACKS = [
     "random", "noise", "gaussian_scale", "sign_flip", "lie", "min_max", "min_sum", "tailored_trmean", "byzmean", "ipm",
@@ -371,3 +372,24 @@ def test_enlarge_quantity_edge_cases():
     assert attack.claims(torch.tensor([10, 20]), 0).shape == (0,)
     assert torch.equal(attack.claims(torch.tensor([17]), 2), torch.tensor([17.0, 17.0]))  # one claim: std 0
     assert torch.equal(attack.claims(torch.tensor([], dtype=torch.long), 2), torch.tensor([1.0, 1.0]))
+
+
+@pytest.mark.parametrize("name", attacks.names())
+def test_the_generic_parameter_is_the_params_schema(name):
+    """``class LieAttack(ModelAttack[LieParams])`` with ``Params = LieParams`` (data and quantity attacks
+    alike): the type ``self.params`` is declared with is the schema the registry validates with. A generic
+    attack (``Backdoor``, extended by ``model_replacement``) binds a TypeVar whose bound is its schema."""
+    from byzlab.attacks.base import Attack
+
+    cls = attacks.attack_class(name)
+    argument = None
+    for klass in cls.__mro__:
+        for orig in klass.__dict__.get("__orig_bases__", ()):
+            origin = typing.get_origin(orig)
+            if argument is None and origin is not None and issubclass(origin, Attack) and typing.get_args(orig):
+                argument = typing.get_args(orig)[0]
+    if isinstance(argument, typing.TypeVar):
+        assert argument.__bound__ is cls.Params
+    else:
+        assert argument is cls.Params
+    assert type(build(name).params) is cls.Params

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.datasets import DATASET_NAMES
-from orchestrator.models import MODEL_NAMES, build_model, default_model, describe_models
+from byzlab.orchestrator.data.datasets import DATASET_NAMES
+from byzlab.orchestrator.data.datasets import default_model
+from byzlab.orchestrator.learning.models import MODEL_NAMES, MODELS, build_model
 
 INTENDED_INPUTS = {
     "mlp": (1, 8, 8),
@@ -89,5 +90,6 @@ def test_default_model_for_every_dataset():
         default_model("imagenet")
 
 
-def test_describe_models_covers_every_model():
-    assert tuple(describe_models()) == MODEL_NAMES
+def test_every_model_describes_itself_in_one_line():
+    assert MODEL_NAMES == ("mlp", "cnn", "cifar_cnn", "resnet18")
+    assert all(MODELS.describe(name) and "\n" not in MODELS.describe(name) for name in MODEL_NAMES)

@@ -3,8 +3,8 @@ sign_flip and byzmean (acc_last5_mean within 10 points of their own no-attack ru
 
 import pytest
 
-from orchestrator.config import build_config
-from orchestrator.experiment import run_experiment
+from byzlab.orchestrator.config import build_config
+from byzlab.orchestrator.run.experiment import run_experiment
 
 PAPERS = ["sdea", "lasa", "residual", "fedra", "pawbrofl"]
 SDEA_SIGN_FLIP = pytest.mark.xfail(

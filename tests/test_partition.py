@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from orchestrator.partition import (
-    PARTITIONERS,
-    describe_partitions,
+from byzlab.orchestrator.data.partition import (
+    PARTITION_SCHEMES,
     dirichlet,
     label_histograms,
     lognormal,
@@ -26,7 +25,7 @@ SCHEMES = {
 
 def _partition(scheme: str, seed: int, num_clients: int = 20) -> list[np.ndarray]:
     name = scheme.removesuffix("-one-class")
-    return PARTITIONERS[name](LABELS, num_clients, np.random.default_rng(seed), **SCHEMES[scheme])
+    return PARTITION_SCHEMES.get(name)(LABELS, num_clients, np.random.default_rng(seed), **SCHEMES[scheme])
 
 
 def _histograms(parts: list[np.ndarray]) -> np.ndarray:
@@ -143,8 +142,8 @@ def test_partition_hash_changes_when_one_index_moves():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda rng: PARTITIONERS["iid"](LABELS, 0, rng), "num_clients must be >= 1"),
-        (lambda rng: PARTITIONERS["iid"](LABELS, len(LABELS) + 1, rng), "num_clients must be at most"),
+        (lambda rng: PARTITION_SCHEMES.get("iid")(LABELS, 0, rng), "num_clients must be >= 1"),
+        (lambda rng: PARTITION_SCHEMES.get("iid")(LABELS, len(LABELS) + 1, rng), "num_clients must be at most"),
         (lambda rng: dirichlet(LABELS, 5, rng, beta=0.0), "beta must be > 0"),
         (lambda rng: lognormal(LABELS, 5, rng, sigma=-1.0), "sigma must be >= 0"),
         (lambda rng: lognormal(LABELS, 5, rng, sigma=1.0, label_skew="two"), "label_skew must be"),
@@ -159,5 +158,9 @@ def test_invalid_arguments_raise_naming_the_parameter(call, message):
         call(np.random.default_rng(0))
 
 
-def test_describe_partitions_covers_every_scheme():
-    assert set(describe_partitions()) == set(PARTITIONERS)
+def test_every_scheme_lists_its_parameters():
+    assert PARTITION_SCHEMES.names() == ["iid", "dirichlet", "shards", "lognormal"]
+    assert PARTITION_SCHEMES.describe("dirichlet").splitlines()[1:] == [
+        "beta=0.5: concentration (smaller = more label skew)",
+        "min_samples=10: redraw until every client has this many",
+    ]

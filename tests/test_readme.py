@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from orchestrator.config import ExperimentConfig
+from byzlab.orchestrator.config import ExperimentConfig
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.spec import PACKAGED_SWEEPS, Sweep, load_sweep
+from byzlab.sweeps.spec import PACKAGED_SWEEPS, Sweep, load_sweep
 
 SWEEP_FILES = sorted(PACKAGED_SWEEPS.glob("*.yaml"))
 

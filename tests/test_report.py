@@ -14,8 +14,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from orchestrator.config import build_config, flatten
-from sweeps.report import (
+from byzlab.orchestrator.config import build_config, flatten
+from byzlab.sweeps.report import (
     TrialRecord,
     build_grid,
     detection_rates,
@@ -377,7 +377,7 @@ def test_records_from_mlflow_finished_children_and_parent(tmp_path):
 
 def test_records_from_sweep_dir_follow_the_sweep_files_trial_order(tmp_path):
     """Concurrent trials start in any order: a directory that keeps its sweep file reports in its order."""
-    from sweeps.spec import load_saved_sweep
+    from byzlab.sweeps.spec import load_saved_sweep
 
     spec = {"name": "order", "base": {"run": {"rounds": 3}, "threat": {"fraction": 0.2}},
             "defenses": {"median": {}, "lasa": {}, "krum": {}}}

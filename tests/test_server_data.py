@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from orchestrator.config import ConfigError, ProxyDataConfig
-from orchestrator.datasets import DEBIAN_FASHION_MNIST_DIR, load_dataset
-from orchestrator.server_data import match_input_shape, take_proxy_data
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.config import ProxyDataConfig
+from byzlab.orchestrator.data.datasets import DEBIAN_FASHION_MNIST_DIR, load_dataset
+from byzlab.orchestrator.specs.server_data import match_input_shape, take_proxy_data
 
 
 def test_match_input_shape_converts_channels_and_size():

@@ -3,7 +3,7 @@ import pickle
 
 from rich.console import Console
 
-from sweeps.live import LiveTable, render
+from byzlab.sweeps.live import LiveTable, render
 
 
 @dataclass

@@ -10,11 +10,12 @@ import pytest
 import torch
 from ray import tune
 
-from actors.resources import plan_resources
-from orchestrator.config import ConfigError, build_config
-from orchestrator.storage import RunDirectory
-from sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
-from sweeps.trainable import CHECKPOINT_RUN_DIR, restore_run_dir
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.actors.resources import plan_resources
+from byzlab.orchestrator.config import build_config
+from byzlab.orchestrator.run.storage import RunDirectory
+from byzlab.sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
+from byzlab.sweeps.trainable import CHECKPOINT_RUN_DIR, restore_run_dir
 
 
 def _cfg(**run):

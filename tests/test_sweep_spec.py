@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator.config import ConfigError, run_id
-from sweeps.spec import PACKAGED_SWEEPS, load_sweep, parse_spec, expand, resolve_path
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.config import run_id
+from byzlab.sweeps.spec import PACKAGED_SWEEPS, load_sweep, parse_spec, expand, resolve_path
 
 # Φ = 0.2 of 10 clients = 2 malicious: every aggregator used below accepts that, attacks need fraction > 0.
 BASE = {"threat": {"fraction": 0.2}, "run": {"rounds": 2}}
@@ -148,8 +149,6 @@ def test_mapping_valued_parameter_is_one_fixed_value():
 def test_empty_parameter_list_is_an_error():
     with pytest.raises(ConfigError, match="sparsity"):
         _expand({"base": BASE, "defenses": {"fedavg": {}, "lasa": {"sparsity": []}}})
-
-
 
 
 # --- labels -------------------------------------------------------------------------------------------

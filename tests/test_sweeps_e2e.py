@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from orchestrator import cli
+from byzlab.orchestrator import cli
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 24

@@ -7,18 +7,25 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-import attacks
-from actors.adversary import Adversary, draw_malicious
-from actors.client import ClientWorker
-from orchestrator.config import ConfigError, build_config
-from orchestrator.experiment import run_experiment
-from orchestrator.layout import flatten_state
-from orchestrator.storage import RunDirectory
-from orchestrator.tracking import default_tracking_uri
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab import attacks
+from byzlab.actors.adversary import Adversary
+from byzlab.actors.client import ClientWorker
+from byzlab.orchestrator.config import build_config
+from byzlab.orchestrator.run.experiment import run_experiment
+from byzlab.orchestrator.core.layout import flatten_state
+from byzlab.orchestrator.run.storage import RunDirectory
+from byzlab.orchestrator.run.tracking import default_tracking_uri
+from byzlab.orchestrator.specs.threat import AttackSchedule, draw_malicious, resolve_threat
+
+
+def _threat_config(*overrides):
+    return build_config({}, ["threat.fraction=0.2", *overrides]).threat
 
 
 def _threat(*overrides):
-    return build_config({}, ["threat.fraction=0.2", *overrides]).threat
+    """The resolved threat (built attacks, schedule) of the default 10-client run with Phi = 0.2."""
+    return resolve_threat(_threat_config(*overrides), seed=0, num_clients=10)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -37,14 +44,27 @@ def test_threat_config_errors(overrides, message):
 
 
 def test_attack_defaults_are_filled_into_the_resolved_config():
-    threat = _threat("threat.attack=lie", "threat.quantity_attack=enlarge_quantity")
+    threat = _threat_config("threat.attack=lie", "threat.quantity_attack=enlarge_quantity")
     assert set(threat.attack_params) == set(attacks.attack_class("lie").Params.model_fields)
     assert "alpha" in "".join(threat.quantity_params)
 
 
 def test_schedule():
-    threat = _threat("threat.start_round=3", "threat.every=2")
-    assert [r for r in range(1, 10) if threat.active(r)] == [3, 5, 7, 9]
+    schedule = _threat("threat.start_round=3", "threat.every=2").schedule
+    assert schedule == AttackSchedule(start_round=3, every=2)
+    assert [r for r in range(1, 10) if schedule.active(r)] == [3, 5, 7, 9]
+
+
+def test_threat_is_resolved_once_into_kind_and_built_attacks():
+    model = _threat("threat.attack=lie", "threat.attack_params.z=1.5")
+    assert (model.kind, model.model_attack.params.z, model.data_attack) == ("model", 1.5, None)
+    data = _threat("threat.attack=label_flip")
+    assert (data.kind, data.model_attack, data.data_attack.name) == ("data", None, "label_flip")
+    honest = _threat()
+    assert (honest.kind, honest.attack, honest.quantity_attack) == ("none", None, None)
+    assert np.array_equal(honest.malicious, draw_malicious(0, 10, 0.2))  # malicious but honest (attack none)
+    assert honest.population_byzantine() == 2
+    assert _threat("threat.declared_byzantine=3").population_byzantine() == 3
 
 
 def test_malicious_set_is_floor_of_fraction_and_seeded():
@@ -108,16 +128,12 @@ def test_quantity_attack_rewrites_only_the_attackers_claims():
 
 
 def _worker(*overrides):
-    from orchestrator.datasets import load_dataset
-    from orchestrator.experiment import make_partition
+    from byzlab.orchestrator.specs.inputs import resolve_inputs
 
-    cfg = build_config({}, ["threat.fraction=0.2", *overrides])
-    dataset = load_dataset("digits")
-    parts = make_partition(cfg, dataset.train_y)
-    malicious = draw_malicious(cfg.run.seed, cfg.clients.num_clients, cfg.threat.fraction)
-    worker = ClientWorker(cfg, dataset.train_x, dataset.train_y, dict(enumerate(parts)), malicious,
-                          dataset.input_shape, dataset.num_classes, num_threads=1)
-    return worker, malicious
+    inputs = resolve_inputs(build_config({}, ["threat.fraction=0.2", *overrides]))
+    worker = ClientWorker(inputs.client, inputs.dataset.train_x, inputs.dataset.train_y, dict(enumerate(inputs.parts)),
+                          num_threads=1)
+    return worker, inputs.malicious
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -158,7 +174,7 @@ def _attacked(tmp_path, *overrides):
 @pytest.mark.usefixtures("ray_cluster")
 def test_fedavg_collapses_under_byzmean_and_scaled_sign_flip(tmp_path):
     baseline = _attacked(tmp_path)
-    clients = pq.read_table(RunDirectory(baseline.run_dir).clients_path).to_pandas()
+    clients = RunDirectory(baseline.run_dir).read_table("clients").to_pandas()
     drawn = draw_malicious(0, 10, 0.2)
     assert sorted(clients.loc[clients["malicious"], "client"].unique()) == drawn.tolist()
     assert baseline.summary["acc_final"] >= 0.85

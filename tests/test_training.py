@@ -1,10 +1,11 @@
 import torch
 import torch.nn.functional as F
 
-from orchestrator.config import ClientsConfig
-from orchestrator.layout import flatten_state, load_flat_state
-from orchestrator.models import build_model
-from orchestrator.training import train_locally
+from byzlab.orchestrator.config import ClientsConfig
+from byzlab.orchestrator.specs.roles import local_recipe
+from byzlab.orchestrator.core.layout import flatten_state, load_flat_state
+from byzlab.orchestrator.learning.models import build_model
+from byzlab.orchestrator.learning.training import train_locally
 
 
 def _setup(n=40):
@@ -17,7 +18,7 @@ def _setup(n=40):
 
 def test_update_is_trained_minus_global_and_first_loss_is_at_the_global_model():
     model, global_flat, x, y = _setup()
-    recipe = ClientsConfig(local_epochs=1, batch_size=8, lr=0.1, momentum=0.0)
+    recipe = local_recipe(ClientsConfig(local_epochs=1, batch_size=8, lr=0.1, momentum=0.0))
     result = train_locally(model, global_flat, x, y, recipe, torch.Generator().manual_seed(3))
     assert torch.allclose(result.update, flatten_state(model) - global_flat)
     assert result.update.abs().sum() > 0
@@ -32,17 +33,17 @@ def test_epochs_and_steps_count_batches():
     model, global_flat, x, y = _setup(n=40)
     calls = []
     hook = model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
-    train_locally(model, global_flat, x, y, ClientsConfig(local_epochs=2, batch_size=16), torch.Generator())
+    train_locally(model, global_flat, x, y, local_recipe(ClientsConfig(local_epochs=2, batch_size=16)), torch.Generator())
     assert calls == [16, 16, 8] * 2
     calls.clear()
-    train_locally(model, global_flat, x, y, ClientsConfig(local_steps=7, batch_size=16), torch.Generator())
+    train_locally(model, global_flat, x, y, local_recipe(ClientsConfig(local_steps=7, batch_size=16)), torch.Generator())
     assert calls == [16, 16, 8, 16, 16, 8, 16]
     hook.remove()
 
 
 def test_same_generator_seed_same_update_and_other_seed_differs():
     model, global_flat, x, y = _setup()
-    recipe = ClientsConfig(local_epochs=1, batch_size=8)
+    recipe = local_recipe(ClientsConfig(local_epochs=1, batch_size=8))
     a = train_locally(model, global_flat, x, y, recipe, torch.Generator().manual_seed(1)).update
     b = train_locally(model, global_flat, x, y, recipe, torch.Generator().manual_seed(1)).update
     c = train_locally(model, global_flat, x, y, recipe, torch.Generator().manual_seed(2)).update
@@ -54,6 +55,6 @@ def test_fedprox_term_pulls_towards_the_global_model():
     model, global_flat, x, y = _setup()
     norms = []
     for mu in (0.0, 10.0):
-        recipe = ClientsConfig(local_epochs=3, batch_size=8, lr=0.05, momentum=0.0, prox_mu=mu)
+        recipe = local_recipe(ClientsConfig(local_epochs=3, batch_size=8, lr=0.05, momentum=0.0, prox_mu=mu))
         norms.append(train_locally(model, global_flat, x, y, recipe, torch.Generator().manual_seed(0)).update.norm())
     assert norms[1] < 0.5 * norms[0]

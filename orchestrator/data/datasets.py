@@ -6,6 +6,11 @@ root rather than through torchvision's dataset classes, which verify MD5 sums an
 fixtures the tests write. torchvision is only used to download missing files when asked to.
 ``digits`` ships with scikit-learn and works offline; Fashion-MNIST is also read from Debian's
 ``dataset-fashion-mnist`` package when it is installed.
+
+Each dataset is one registered loader (docs/architecture.md, "Registries"): a function
+``(root, download, params) -> Dataset`` with a ``Params`` schema (its config keys under ``data.``), the
+model it trains by default (``model.name: auto``) and a one-line docstring for ``byzlab list datasets``.
+Adding a dataset is one such function.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "emnist", "cifar10", "cifar100", "svhn")
+from byzlab.orchestrator.core.errors import DatasetNotFoundError
+from byzlab.orchestrator.core.registry import NoParams, Registry
+
 EMNIST_SPLITS: tuple[str, ...] = ("balanced", "byclass", "bymerge", "digits", "letters", "mnist")
 
 DEFAULT_DATA_ROOT = "~/.cache/byzlab/data"
@@ -51,20 +59,6 @@ _CIFAR100_BATCHES = ("train", "test")
 _CIFAR_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 
-_DESCRIPTIONS = {
-    "digits": "scikit-learn's bundled handwritten digits: 1,797 8x8 grey images, 10 classes, "
-    "seeded stratified train/test split (embedded, works offline)",
-    "fashion-mnist": "Fashion-MNIST (Zalando): 60,000 train / 10,000 test 28x28 grey images, 10 classes "
-    "(Debian dataset-fashion-mnist, or torchvision layout under the data root)",
-    "mnist": "MNIST handwritten digits: 60,000 train / 10,000 test 28x28 grey images, 10 classes",
-    "emnist": "EMNIST handwritten characters: 28x28 grey images; split set by emnist_split "
-    "(balanced: 112,800 train / 18,800 test, 47 classes)",
-    "cifar10": "CIFAR-10: 50,000 train / 10,000 test 32x32 colour images, 10 classes",
-    "cifar100": "CIFAR-100: 50,000 train / 10,000 test 32x32 colour images, 100 fine classes",
-    "svhn": "SVHN house-number digits: 73,257 train / 26,032 test 32x32 colour images, 10 classes",
-}
-
-
 @dataclass(frozen=True, eq=False)  # eq=False: comparing by array contents would be ambiguous
 class Dataset:
     """A train/test pair of normalised float32 NCHW images with int64 labels."""
@@ -83,49 +77,47 @@ class Dataset:
         return channels, height, width
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's files are not on disk and downloading was not allowed."""
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", keep_order=True)
+DATASET_NAMES: tuple[str, ...]  # filled in below, once every loader is registered
 
 
-def describe_datasets() -> dict[str, str]:
-    """One line per dataset (source, sizes, classes), in ``DATASET_NAMES`` order."""
-    return {name: _DESCRIPTIONS[name] for name in DATASET_NAMES}
+class DigitsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="share held out for testing")
+    split_seed: int = Field(0, description="seed of the stratified train/test split")
 
 
-def load_dataset(
-    name: str,
-    data_root: str | os.PathLike | None = None,
-    download: bool = False,
-    *,
-    test_fraction: float = 0.25,
-    split_seed: int = 0,
-    emnist_split: str = "balanced",
-) -> Dataset:
+class EmnistParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    emnist_split: Literal[EMNIST_SPLITS] = Field("balanced", description="which EMNIST split")
+
+
+def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False, **params) -> Dataset:
     """Load dataset ``name`` into memory, normalised.
 
     ``data_root`` (default ``~/.cache/byzlab/data``) holds the files in torchvision's layout; with
-    ``download`` missing files are fetched there through torchvision. ``test_fraction`` and
-    ``split_seed`` only apply to ``digits``, the one dataset without a fixed test set.
+    ``download`` missing files are fetched there through torchvision. ``params`` are the dataset's own
+    (``byzlab list datasets``), e.g. ``test_fraction`` and ``split_seed`` for ``digits``, the one dataset
+    without a fixed test set.
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
-    root = Path(DEFAULT_DATA_ROOT if data_root is None else data_root).expanduser()
-    loaders: dict[str, Callable[[], Dataset]] = {
-        "digits": lambda: _load_digits(test_fraction, split_seed),
-        "fashion-mnist": lambda: _load_fashion_mnist(root, download),
-        "mnist": lambda: _load_mnist(root, download),
-        "emnist": lambda: _load_emnist(root, download, emnist_split),
-        "cifar10": lambda: _load_cifar("cifar10", root, "cifar-10-batches-py", _CIFAR10_BATCHES, b"labels", download),
-        "cifar100": lambda: _load_cifar(
-            "cifar100", root, "cifar-100-python", _CIFAR100_BATCHES, b"fine_labels", download
-        ),
-        "svhn": lambda: _load_svhn(root, download),
-    }
-    return loaders[name]()
+    loader = DATASETS.get(name)
+    parsed = DATASETS.validate_params(name, params)
+    return loader(Path(DEFAULT_DATA_ROOT if data_root is None else data_root).expanduser(), download, parsed)
 
 
-def _load_digits(test_fraction: float, split_seed: int) -> Dataset:
-    """scikit-learn's 8x8 digits, split stratified by class and standardised with the train split's stats."""
+def default_model(dataset: str) -> str:
+    """The model a dataset trains when the config says ``model.name: auto`` (set where it is registered)."""
+    if dataset not in DATASET_NAMES:
+        raise ValueError(f"no default model for dataset '{dataset}'; known: {', '.join(DATASET_NAMES)}")
+    return DATASETS.get(dataset).default_model
+
+
+@DATASETS.register_function("digits", DigitsParams, default_model="mlp")
+def _load_digits(root: Path, download: bool, params: DigitsParams) -> Dataset:
+    """scikit-learn's bundled handwritten digits: 1,797 8x8 grey images, 10 classes, seeded stratified
+    train/test split (embedded, works offline).
+
+    Standardised with the train split's statistics."""
     # Imported here: scikit-learn is slow to import and only this dataset needs it.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -133,14 +125,19 @@ def _load_digits(test_fraction: float, split_seed: int) -> Dataset:
     digits = load_digits()
     images = (digits.images[:, None] / 16.0).astype(np.float32)  # values 0..16 -> [0, 1]
     train_x, test_x, train_y, test_y = train_test_split(
-        images, digits.target, test_size=test_fraction, stratify=digits.target, random_state=split_seed
+        images, digits.target, test_size=params.test_fraction, stratify=digits.target,
+        random_state=params.split_seed,
     )
     mean, std = train_x.mean(), train_x.std()
     return _dataset("digits", (train_x - mean) / std, train_y, (test_x - mean) / std, test_y, num_classes=10)
 
 
-def _load_fashion_mnist(root: Path, download: bool) -> Dataset:
-    """Fashion-MNIST from Debian's package if installed, else from ``<root>/FashionMNIST/raw``."""
+@DATASETS.register_function("fashion-mnist", default_model="cnn")
+def _load_fashion_mnist(root: Path, download: bool, params: NoParams) -> Dataset:
+    """Fashion-MNIST (Zalando): 60,000 train / 10,000 test 28x28 grey images, 10 classes (Debian
+    dataset-fashion-mnist, or torchvision layout under the data root).
+
+    Read from Debian's package if installed, else from ``<root>/FashionMNIST/raw``."""
     raw_dir = root / "FashionMNIST" / "raw"
 
     def find() -> list[Path] | None:
@@ -158,7 +155,9 @@ def _load_fashion_mnist(root: Path, download: bool) -> Dataset:
     return _idx_dataset("fashion-mnist", paths, num_classes=10)
 
 
-def _load_mnist(root: Path, download: bool) -> Dataset:
+@DATASETS.register_function("mnist", default_model="cnn")
+def _load_mnist(root: Path, download: bool, params: NoParams) -> Dataset:
+    """MNIST handwritten digits: 60,000 train / 10,000 test 28x28 grey images, 10 classes."""
     raw_dir = root / "MNIST" / "raw"
     paths = _locate(
         lambda: _find_files(raw_dir, _MNIST_FILE_STEMS, gzipped_too=True),
@@ -169,10 +168,13 @@ def _load_mnist(root: Path, download: bool) -> Dataset:
     return _idx_dataset("mnist", paths, num_classes=10)
 
 
-def _load_emnist(root: Path, download: bool, split: str) -> Dataset:
-    """One EMNIST split; images are stored transposed in the files and are turned upright here."""
-    if split not in EMNIST_SPLITS:
-        raise ValueError(f"unknown EMNIST split {split!r}; known: {', '.join(EMNIST_SPLITS)}")
+@DATASETS.register_function("emnist", EmnistParams, default_model="cnn")
+def _load_emnist(root: Path, download: bool, params: EmnistParams) -> Dataset:
+    """EMNIST handwritten characters: 28x28 grey images; split set by emnist_split (balanced: 112,800
+    train / 18,800 test, 47 classes).
+
+    Images are stored transposed in the files and are turned upright here."""
+    split = params.emnist_split
     raw_dir = root / "EMNIST" / "raw"
     stems = tuple(
         f"emnist-{split}-{part}-{kind}-idx{ndim}-ubyte"
@@ -189,6 +191,18 @@ def _load_emnist(root: Path, download: bool, split: str) -> Dataset:
     return _idx_dataset(
         "emnist", paths, num_classes=_EMNIST_NUM_CLASSES[split], transposed=True, label_offset=label_offset
     )
+
+
+@DATASETS.register_function("cifar10", default_model="cifar_cnn")
+def _load_cifar10(root: Path, download: bool, params: NoParams) -> Dataset:
+    """CIFAR-10: 50,000 train / 10,000 test 32x32 colour images, 10 classes."""
+    return _load_cifar("cifar10", root, "cifar-10-batches-py", _CIFAR10_BATCHES, b"labels", download)
+
+
+@DATASETS.register_function("cifar100", default_model="cifar_cnn")
+def _load_cifar100(root: Path, download: bool, params: NoParams) -> Dataset:
+    """CIFAR-100: 50,000 train / 10,000 test 32x32 colour images, 100 fine classes."""
+    return _load_cifar("cifar100", root, "cifar-100-python", _CIFAR100_BATCHES, b"fine_labels", download)
 
 
 def _load_cifar(
@@ -225,8 +239,11 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
     return images, np.asarray(batch[label_key], dtype=np.int64)
 
 
-def _load_svhn(root: Path, download: bool) -> Dataset:
-    """SVHN's cropped digits; the files label the digit 0 as 10."""
+@DATASETS.register_function("svhn", default_model="cifar_cnn")
+def _load_svhn(root: Path, download: bool, params: NoParams) -> Dataset:
+    """SVHN house-number digits: 73,257 train / 26,032 test 32x32 colour images, 10 classes.
+
+    The files label the digit 0 as 10."""
     # Imported here: only this dataset needs scipy.io.
     from scipy.io import loadmat
 
@@ -360,3 +377,6 @@ def _download_with_torchvision(class_name: str, root: Path, **kwargs: str) -> No
     import torchvision.datasets
 
     getattr(torchvision.datasets, class_name)(str(root), download=True, **kwargs)
+
+
+DATASET_NAMES = tuple(DATASETS.names())

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aggregators import aggregator_class
-from orchestrator.config import ConfigError, ExperimentConfig, ProxyDataConfig, PublicDataConfig
-from orchestrator.datasets import Dataset, load_dataset
-from orchestrator.seeding import Stream, numpy_rng
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.aggregators import aggregator_class
+from byzlab.orchestrator.config import ExperimentConfig, ProxyDataConfig, PublicDataConfig
+from byzlab.orchestrator.data.datasets import Dataset, load_dataset
+from byzlab.orchestrator.core.seeding import Stream, numpy_rng
 
 
 def match_input_shape(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -97,15 +98,15 @@ class ServerData:
 
 def prepare_server_data(cfg: ExperimentConfig, dataset: Dataset) -> tuple[Dataset, ServerData]:
     """The data the configured aggregator needs on the server, and the clients' dataset (smaller by a
-    held-out proxy slice, if any). Rules declare their needs with ``needs_proxy_data`` / ``needs_public_data``."""
+    held-out proxy slice, if any). A rule's ``needs`` names ``proxy_data`` / ``public_data`` if it reads them."""
     rule = aggregator_class(cfg.server.aggregator)
     data, server_data = cfg.data, ServerData()
-    if getattr(rule, "needs_proxy_data", False):
+    if "proxy_data" in rule.needs:
         dataset, server_data.proxy = take_proxy_data(
             cfg.server.proxy_data, dataset, numpy_rng(cfg.run.seed, Stream.PROXY_DATA),
             data_root=data.data_root, download=data.download,
         )
-    if getattr(rule, "needs_public_data", False):
+    if "public_data" in rule.needs:
         server_data.public = load_public_data(
             cfg.server.public_data, dataset.input_shape, numpy_rng(cfg.run.seed, Stream.PUBLIC_DATA),
             data_root=data.data_root, download=data.download,

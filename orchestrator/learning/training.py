@@ -9,8 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.config import ClientsConfig
-from orchestrator.layout import flatten_state, load_flat_state
+from byzlab.orchestrator.core.layout import flatten_state, load_flat_state
+
+
+@dataclass(frozen=True)
+class LocalRecipe:
+    """How a client trains locally: plain values, resolved from the config once by the driver."""
+
+    batch_size: int
+    local_epochs: int
+    local_steps: int | None  # a fixed number of SGD steps; None = ``local_epochs`` passes
+    lr: float
+    momentum: float
+    weight_decay: float
+    prox_mu: float  # FedProx proximal coefficient; 0 = plain local SGD
 
 
 @dataclass
@@ -20,7 +32,7 @@ class LocalResult:
     loss_after: float  # loss on the last minibatch, just before the last step
 
 
-def _minibatches(num_samples: int, recipe: ClientsConfig, generator: torch.Generator):
+def _minibatches(num_samples: int, recipe: LocalRecipe, generator: torch.Generator):
     """Index batches over seeded shuffles: ``local_epochs`` passes, or exactly ``local_steps`` batches."""
     steps = passes = 0
     while True:
@@ -39,7 +51,7 @@ def train_locally(
     global_flat: torch.Tensor,
     x: torch.Tensor,
     y: torch.Tensor,
-    recipe: ClientsConfig,
+    recipe: LocalRecipe,
     generator: torch.Generator,
     transform_batch: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> LocalResult:

@@ -7,6 +7,10 @@ so the same seed gives the same partition. Classes are the distinct values in ``
 
 Internally a partition is an *owner* array (``owner[i]`` is the client of sample ``i``), built either from
 client sizes or from a (classes × clients) matrix of sample counts, then grouped into index arrays.
+
+Each scheme is registered with its ``Params`` schema (docs/architecture.md, "Registries"): its parameters
+are the config's ``partition.<name>`` keys and ``byzlab list partitions`` prints them. Adding a scheme is
+one registered function ``(labels, num_clients, rng, **params)`` and its schema.
 """
 
 from __future__ import annotations
@@ -16,6 +20,28 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from byzlab.orchestrator.core.registry import Registry
+
+PARTITION_SCHEMES: Registry[Callable[..., list[np.ndarray]]] = Registry("partition scheme", keep_order=True)
+
+
+class DirichletParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    beta: float = Field(0.5, gt=0, description="concentration (smaller = more label skew)")
+    min_samples: int = Field(10, ge=1, description="redraw until every client has this many")
+
+
+class ShardsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    classes_per_client: int = Field(2, ge=1, description="distinct classes per client")
+
+
+class LognormalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sigma: float = Field(1.0, ge=0, description="std of log client sizes")
+    label_skew: Literal["iid", "one_class"] = Field("iid", description="labels within clients")
 
 
 def _class_ids_and_sizes(labels: np.ndarray, num_clients: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +87,7 @@ def _proportional_sizes(weights: np.ndarray, total: int) -> np.ndarray:
     return sizes + 1
 
 
+@PARTITION_SCHEMES.register_function("iid")
 def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
     """A uniformly random split; client sizes differ by at most one sample."""
     _class_ids_and_sizes(labels, num_clients)
@@ -68,6 +95,7 @@ def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[
     return _parts_from_owner(_owner_from_sizes(client_sizes, rng), num_clients)
 
 
+@PARTITION_SCHEMES.register_function("dirichlet", DirichletParams)
 def dirichlet(
     labels: np.ndarray,
     num_clients: int,
@@ -110,6 +138,7 @@ def dirichlet(
     )
 
 
+@PARTITION_SCHEMES.register_function("shards", ShardsParams)
 def shards(
     labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, classes_per_client: int
 ) -> list[np.ndarray]:
@@ -173,6 +202,7 @@ def _one_class_counts(class_sizes: np.ndarray, client_sizes: np.ndarray, rng: np
     return counts
 
 
+@PARTITION_SCHEMES.register_function("lognormal", LognormalParams)
 def lognormal(
     labels: np.ndarray,
     num_clients: int,
@@ -210,25 +240,6 @@ def lognormal(
         )
     counts = _one_class_counts(class_sizes, client_sizes, rng)
     return _parts_from_owner(_owner_from_class_counts(class_ids, counts, rng), num_clients)
-
-
-PARTITIONERS: dict[str, Callable[..., list[np.ndarray]]] = {
-    "iid": iid,
-    "dirichlet": dirichlet,
-    "shards": shards,
-    "lognormal": lognormal,
-}
-
-
-def describe_partitions() -> dict[str, str]:
-    """One line per partitioner, with its parameters (for ``byzlab list partitions``)."""
-    return {
-        "iid": "uniformly random split into near-equal client sizes; no parameters",
-        "dirichlet": "label skew, each class split over clients ~ Dir(beta); beta > 0 (smaller = more skew), "
-        "min_samples per client (default 10)",
-        "shards": "each client holds exactly classes_per_client distinct classes (1..C), classes spread evenly",
-        "lognormal": "quantity skew, client sizes ∝ exp(N(0, sigma²)); sigma >= 0, label_skew iid | one_class",
-    }
 
 
 def label_histograms(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

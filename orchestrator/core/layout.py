@@ -1,6 +1,6 @@
 """Flat-parameter layout: a model's state as one float32 vector.
 
-Parameters and buffers flatten in ``state_dict`` order (DESIGN.md, "Flat parameters and layout"). The
+Parameters and buffers flatten in ``state_dict`` order (docs/architecture.md, "Flat parameters and layout"). The
 layout records where each tensor lives so layer-wise aggregators can cut the vector back into layers.
 Integer buffers (BatchNorm's ``num_batches_tracked``) travel as float32 and are rounded on the way back.
 """

@@ -1,5 +1,9 @@
 """The models, built by name: ``build_model("cnn", (1, 28, 28), 10)``.
 
+Each model is one registered builder ``(input_shape, num_classes, params) -> nn.Module`` with a ``Params``
+schema (docs/architecture.md, "Registries"); which model a dataset trains by default is the dataset's
+registration (``model.name: auto``).
+
 Constructors draw their initial weights from torch's global RNG, so the caller seeds it
 (``torch.manual_seed``) to make the initialisation reproducible. Layers carry readable names
 (``conv1``, ``fc1``, ...) because layer-wise aggregators and per-layer diagnostics report them.
@@ -8,24 +12,18 @@ Constructors draw their initial weights from torch's global RNG, so the caller s
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from torch import nn
 
-MODEL_NAMES = ("mlp", "cnn", "cifar_cnn", "resnet18")
+from byzlab.orchestrator.core.registry import NoParams, Registry
 
-_DEFAULT_MODELS = {
-    "digits": "mlp",
-    "mnist": "cnn",
-    "fashion-mnist": "cnn",
-    "emnist": "cnn",
-    "cifar10": "cifar_cnn",
-    "cifar100": "cifar_cnn",
-    "svhn": "cifar_cnn",
-}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", keep_order=True)
 
 
-def _mlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Flatten, two hidden layers of 200 units with ReLU, then the class scores."""
+@MODELS.register_function("mlp")
+def _mlp(input_shape: tuple[int, int, int], num_classes: int, params: NoParams) -> nn.Module:
+    """MLP, flatten -> 200 -> 200 -> classes (ReLU); for digits (8x8), any input shape."""
     channels, height, width = input_shape
     return nn.Sequential(
         OrderedDict(
@@ -65,8 +63,9 @@ def _two_conv_net(input_shape: tuple[int, int, int], num_classes: int, kernel_si
     )
 
 
-def _cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The two-conv, two-fc CNN for MNIST-family data.
+@MODELS.register_function("cnn")
+def _cnn(input_shape: tuple[int, int, int], num_classes: int, params: NoParams) -> nn.Module:
+    """FedAvg MNIST CNN, conv5x5(32)/pool, conv5x5(64)/pool, fc 512, fc classes; MNIST-family 28x28.
 
     LASA (appendix 7.2) uses "a CNN model composed of two convolutional layers, each followed by max-pooling
     and ReLU ... Two linear layers" and PAwBRoFL (§5.1) "two convolutional layers followed by two fully
@@ -77,13 +76,19 @@ def _cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return _two_conv_net(input_shape, num_classes, kernel_size=5)
 
 
-def _cifar_cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """A small CNN for 32×32 colour images: the same layout as ``cnn`` with 3×3 convolutions."""
+@MODELS.register_function("cifar_cnn")
+def _cifar_cnn(input_shape: tuple[int, int, int], num_classes: int, params: NoParams) -> nn.Module:
+    """Small CNN, conv3x3(32)/pool, conv3x3(64)/pool, fc 512, fc classes; 32x32 colour images.
+
+    The same layout as ``cnn`` with 3×3 convolutions."""
     return _two_conv_net(input_shape, num_classes, kernel_size=3)
 
 
-def _resnet18(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """torchvision's ResNet-18 in its CIFAR form (the ResNet-18 of LASA and residual-based reweighting).
+@MODELS.register_function("resnet18")
+def _resnet18(input_shape: tuple[int, int, int], num_classes: int, params: NoParams) -> nn.Module:
+    """ResNet-18 with a CIFAR stem (3x3 stride-1 conv1, no max-pool); CIFAR-10/100, SVHN.
+
+    torchvision's ResNet-18 in its CIFAR form (the ResNet-18 of LASA and residual-based reweighting).
 
     The ImageNet stem (7×7 stride-2 convolution and max-pooling) would shrink a 32×32 image to 8×8 before
     the first block, so the first convolution becomes 3×3 stride 1 without bias (initialised like
@@ -98,28 +103,10 @@ def _resnet18(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return model
 
 
-_BUILDERS = {"mlp": _mlp, "cnn": _cnn, "cifar_cnn": _cifar_cnn, "resnet18": _resnet18}
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS.names())
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **params) -> nn.Module:
     """A freshly initialised model for inputs of shape (channels, height, width)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model '{name}'; known: {', '.join(MODEL_NAMES)}")
-    return _BUILDERS[name](tuple(input_shape), num_classes)
-
-
-def default_model(dataset: str) -> str:
-    """The model a dataset uses when the config says ``model.name: auto``."""
-    if dataset not in _DEFAULT_MODELS:
-        raise ValueError(f"no default model for dataset '{dataset}'; known: {', '.join(_DEFAULT_MODELS)}")
-    return _DEFAULT_MODELS[dataset]
-
-
-def describe_models() -> dict[str, str]:
-    """One line per model: architecture and intended data (for ``byzlab list models``)."""
-    return {
-        "mlp": "MLP, flatten -> 200 -> 200 -> classes (ReLU); for digits (8x8), any input shape",
-        "cnn": "FedAvg MNIST CNN, conv5x5(32)/pool, conv5x5(64)/pool, fc 512, fc classes; MNIST-family 28x28",
-        "cifar_cnn": "small CNN, conv3x3(32)/pool, conv3x3(64)/pool, fc 512, fc classes; 32x32 colour images",
-        "resnet18": "ResNet-18 with a CIFAR stem (3x3 stride-1 conv1, no max-pool); CIFAR-10/100, SVHN",
-    }
+    builder = MODELS.get(name)
+    return builder(tuple(input_shape), num_classes, MODELS.validate_params(name, params))

@@ -1,4 +1,4 @@
-"""The experiment configuration: a pydantic schema, YAML loading, dotted overrides and the run id.
+"""The experiment configuration's schema (pydantic) and the run id derived from it.
 
 The schema's defaults are the built-in quickstart (digits, 10 clients, Dirichlet beta = 0.5, FedAvg, 20
 rounds). Every error is reported as one line naming the field and what it allows, before anything runs.
@@ -9,72 +9,115 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-import aggregators
-import attacks
-from orchestrator.datasets import DATASET_NAMES, EMNIST_SPLITS
-from orchestrator.models import MODEL_NAMES, default_model
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line for the user."""
+from byzlab import aggregators
+from byzlab import attacks
+from byzlab.orchestrator.core.registry import Registry
+from byzlab.orchestrator.data.datasets import DATASET_NAMES, DATASETS, default_model
+from byzlab.orchestrator.data.partition import PARTITION_SCHEMES
+from byzlab.orchestrator.learning.models import MODEL_NAMES, MODELS
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataConfig(_Section):
+def _parameter_fields(registry: Registry, *, keep_defaults: bool) -> dict[str, Any]:
+    """Every parameter of the registry's entries as a flat config field (``create_model`` form), so that a
+    component's parameters sit beside its name (``partition.beta``) and a new component adds its own keys
+    by being registered. With ``keep_defaults`` a field holds its entry's default (it is always part of
+    the resolved config); otherwise it is None until the chosen component fills in its defaults.
+    Components sharing a parameter name must agree on its type."""
+    collected: dict[str, Any] = {}
+    owners: dict[str, list[str]] = {}
+    for name in registry.names():
+        for param, info in registry.get(name).Params.model_fields.items():
+            if param in collected and collected[param].annotation != info.annotation:
+                raise TypeError(f"{registry.what} parameter '{param}' has two types ({', '.join(owners[param])}, {name})")
+            collected.setdefault(param, info)
+            owners.setdefault(param, []).append(name)
+    fields = {}
+    for param, info in collected.items():
+        annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        description = f"{', '.join(owners[param])} only: {info.description}"
+        if keep_defaults:
+            fields[param] = (annotation, Field(info.default, description=description))
+        else:
+            fields[param] = (Optional[annotation], Field(None, description=description))
+    return fields
+
+
+class _ComponentSection(_Section):
+    """A section naming a registered component (``name_field``) with the component's parameters as flat
+    keys beside it: a parameter of another component is an error (a sweep over ``partition.beta`` cannot
+    run an IID grid by mistake), and the chosen component's defaults are filled in."""
+
+    registry: ClassVar[Registry]
+    name_field: ClassVar[str]
+    label: ClassVar[str]  # how messages call the component: "scheme", "model"
+
+    def fill_parameters(self) -> None:
+        name = getattr(self, self.name_field)
+        own = self.registry.get(name).Params.model_fields
+        for param in type(self).model_fields:
+            if param != self.name_field and param not in own and getattr(self, param) is not None:
+                raise ValueError(
+                    f"'{param}' is not a parameter of {self.label} '{name}' (it takes: {', '.join(own) or 'none'})"
+                )
+        given = {param: getattr(self, param) for param in own if getattr(self, param) is not None}
+        for param, value in self.registry.validate_params(name, given).model_dump().items():
+            setattr(self, param, value)
+
+    def parameters(self) -> dict[str, Any]:
+        """The chosen component's parameters, by name."""
+        return {param: getattr(self, param) for param in self.registry.get(getattr(self, self.name_field)).Params.model_fields}
+
+
+class _DataSection(_Section):
+    """The clients' dataset. Dataset parameters (``byzlab list datasets``) are flat keys of this section;
+    every dataset's parameters keep their defaults in the resolved config, whichever dataset is chosen, so
+    run ids stay those of earlier versions."""
+
     dataset: Literal[DATASET_NAMES] = Field("digits", description="training and test data")
     data_root: str | None = Field(None, description="where torchvision-format files live (default ~/.cache/byzlab/data)")
     download: bool = Field(False, description="let torchvision download a missing dataset")
-    test_fraction: float = Field(0.25, gt=0, lt=1, description="digits only: share held out for testing")
-    split_seed: int = Field(0, description="digits only: seed of the stratified train/test split")
-    emnist_split: Literal[EMNIST_SPLITS] = Field("balanced", description="emnist only: which EMNIST split")
-
-
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "lognormal")
-# Parameters each scheme takes, with their defaults. A parameter that the chosen scheme does not use is an
-# error rather than silently ignored, so a sweep over partition.beta cannot run an IID grid by mistake.
-PARTITION_PARAMETERS: dict[str, dict[str, Any]] = {
-    "iid": {},
-    "dirichlet": {"beta": 0.5, "min_samples": 10},
-    "shards": {"classes_per_client": 2},
-    "lognormal": {"sigma": 1.0, "label_skew": "iid"},
-}
-
-
-class PartitionConfig(_Section):
-    scheme: Literal[PARTITION_SCHEMES] = Field("dirichlet", description="how training data is split over clients")
-    beta: float | None = Field(None, gt=0, description="dirichlet: concentration (smaller = more label skew)")
-    min_samples: int | None = Field(None, ge=1, description="dirichlet: redraw until every client has this many")
-    classes_per_client: int | None = Field(None, ge=1, description="shards: distinct classes per client")
-    sigma: float | None = Field(None, ge=0, description="lognormal: std of log client sizes")
-    label_skew: Literal["iid", "one_class"] | None = Field(None, description="lognormal: labels within clients")
-
-    @model_validator(mode="after")
-    def _scheme_parameters(self) -> PartitionConfig:
-        used = PARTITION_PARAMETERS[self.scheme]
-        for name in ("beta", "min_samples", "classes_per_client", "sigma", "label_skew"):
-            if name in used:
-                if getattr(self, name) is None:
-                    setattr(self, name, used[name])
-            elif getattr(self, name) is not None:
-                allowed = ", ".join(used) or "none"
-                raise ValueError(f"'{name}' is not a parameter of scheme '{self.scheme}' (it takes: {allowed})")
-        return self
 
     def parameters(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in PARTITION_PARAMETERS[self.scheme]}
+        """The chosen dataset's parameters, by name."""
+        return {param: getattr(self, param) for param in DATASETS.get(self.dataset).Params.model_fields}
 
 
-class ModelConfig(_Section):
+DataConfig = create_model("DataConfig", __base__=_DataSection, **_parameter_fields(DATASETS, keep_defaults=True))
+
+
+class _PartitionSection(_ComponentSection):
+    registry, name_field, label = PARTITION_SCHEMES, "scheme", "scheme"
+    scheme: Literal[tuple(PARTITION_SCHEMES.names())] = Field(
+        "dirichlet", description="how training data is split over clients (byzlab list partitions)"
+    )
+
+    @model_validator(mode="after")
+    def _scheme_parameters(self) -> _PartitionSection:
+        self.fill_parameters()
+        return self
+
+
+PartitionConfig = create_model(
+    "PartitionConfig", __base__=_PartitionSection, **_parameter_fields(PARTITION_SCHEMES, keep_defaults=False)
+)
+
+
+class _ModelSection(_ComponentSection):
+    """The model; its parameters are filled in once ``auto`` is resolved (ExperimentConfig)."""
+
+    registry, name_field, label = MODELS, "name", "model"
     name: Literal[("auto", *MODEL_NAMES)] = Field("auto", description="architecture; auto = the dataset's default")
+
+
+ModelConfig = create_model("ModelConfig", __base__=_ModelSection, **_parameter_fields(MODELS, keep_defaults=False))
 
 
 class ClientsConfig(_Section):
@@ -125,11 +168,21 @@ class ServerConfig(_Section):
     public_data: PublicDataConfig = Field(
         default_factory=PublicDataConfig, description="unlabeled server data, for rules that need it (sdea)"
     )
+    # Left out of the resolved config (and so of the run id) while empty: configs without pre-aggregators
+    # keep the run ids they had before the field existed.
+    pre_aggregators: list[dict[str, Any]] = Field(
+        default_factory=list,
+        exclude_if=lambda specs: not specs,
+        description="transforms applied, in order, before the rule, each {name: ..., **params}: nnm, "
+        "bucketing (s), clipping (threshold), arc (byzlab.aggregators.pre_aggregator_names())",
+    )
 
     @model_validator(mode="after")
     def _aggregator(self) -> ServerConfig:
         params = aggregators.validate_params(self.aggregator, self.aggregator_params)
         self.aggregator_params = params.model_dump()
+        self.pre_aggregators = aggregators.pipeline.normalise_specs(self.pre_aggregators)
+        aggregators.pipeline.check_compatible(self.pre_aggregators, self.aggregator, self.aggregator_params)
         return self
 
 
@@ -139,7 +192,7 @@ def malicious_count(fraction: float, num_clients: int) -> int:
 
 
 class ThreatConfig(_Section):
-    """The threat model (DESIGN.md, "Attack contract"). The malicious set is floor(fraction * N) clients,
+    """The threat model (docs/architecture.md, "Attack contract"). The malicious set is floor(fraction * N) clients,
     drawn once per run from the seed; with ``attack: none`` they exist (and are declared to the defense)
     but behave honestly, so a no-attack baseline has the same defense configuration as attacked runs."""
 
@@ -222,6 +275,7 @@ class ExperimentConfig(_Section):
     def _cross_section(self) -> ExperimentConfig:
         if self.model.name == "auto":
             self.model.name = default_model(self.data.dataset)
+        self.model.fill_parameters()
         self._check_aggregator_setting()
         if self.run.client_actors > self.clients.num_clients:
             raise ValueError(
@@ -239,10 +293,13 @@ class ExperimentConfig(_Section):
         return math.ceil(malicious * self.clients.clients_per_round / self.clients.num_clients)
 
     def _check_aggregator_setting(self) -> None:
-        cls = aggregators.aggregator_class(self.server.aggregator)
-        params = cls.Params(**self.server.aggregator_params)
+        """The rule (after any pre-aggregators) can run with the round's size and Byzantine count."""
+        server = self.server
         try:
-            cls.check_setting(params, self.clients.clients_per_round, self.expected_byzantine())
+            aggregators.check_pipeline_setting(
+                server.pre_aggregators, server.aggregator, server.aggregator_params,
+                self.clients.clients_per_round, self.expected_byzantine(),
+            )
         except ValueError as err:
             raise ValueError(f"server.aggregator '{self.server.aggregator}': {err}") from None
 
@@ -269,77 +326,3 @@ def run_id(cfg: ExperimentConfig) -> str:
             identity[section].pop(name, None)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return digest[:12]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def apply_override(tree: dict[str, Any], override: str) -> None:
-    """Apply ``"section.key=value"`` to a raw config dict; the value is parsed as YAML (0.3, true, [1, 2])."""
-    key, sep, raw = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{override}' must look like section.key=value")
-    set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """``set_dotted(tree, "partition.beta", 0.3)`` sets ``tree["partition"]["beta"]``, creating sections."""
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"'{key}': '{part}' is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def format_validation_error(err: ValidationError) -> str:
-    """One line per problem (joined by '; '), each naming the field, the complaint and the input."""
-    problems = []
-    for item in err.errors():
-        field = ".".join(str(p) for p in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif item["type"] not in ("value_error", "missing"):
-            message = f"{message} (got {item['input']!r})"
-        problems.append(f"{field}: {message}" if field else message)
-    return "; ".join(problems)
-
-
-def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    tree = json.loads(json.dumps(raw))  # a deep copy that overrides may mutate
-    for override in overrides:
-        apply_override(tree, override)
-    try:
-        return ExperimentConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(raw).__name__}")
-    return raw
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """The config in ``path`` (or the built-in quickstart when None) with dotted overrides applied."""
-    return build_config(read_yaml(path) if path is not None else {}, overrides)

@@ -1,0 +1,2 @@
+"""The bottom layer: flat-parameter layout, seeding, the registry mechanism and the error types.
+Imports nothing of byzlab."""

@@ -1,0 +1,9 @@
+"""The errors byzlab reports to a user as one line (the CLI prints them without a traceback)."""
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line for the user."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are not on disk and downloading was not allowed."""

@@ -1,0 +1,1 @@
+"""Data: the datasets and the partition schemes that split them over clients."""

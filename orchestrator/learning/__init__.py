@@ -1,0 +1,1 @@
+"""Learning: the models and a client's local training."""

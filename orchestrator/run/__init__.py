@@ -1,0 +1,1 @@
+"""One run: the experiment loop, its directory (storage) and its MLflow run (tracking)."""
