@@ -17,6 +17,7 @@ clipping, threshold: 2.0}]'``).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -70,8 +71,7 @@ def main() -> None:
     lines = [
         f"# Final test accuracy on digits (beta = 0.5, Phi = {args.fraction:g}, {args.rounds} rounds, seed 0)",
         "",
-        f"`python benchmarks/defense_table.py --rules {args.rules} --attacks {args.attacks}"
-        + "".join(f" --extra {item}" for item in args.extra) + f"`, {time.strftime('%Y-%m-%d')}. "
+        f"`python benchmarks/defense_table.py {shlex.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d')}. "
         "Cells: final accuracy (acc_last5_mean).",
         "",
         "| rule | " + " | ".join(attacks) + " |",

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from byzlab.orchestrator import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 24
 CHECKPOINT_EVERY = 4
 # Columns that depend on wall-clock time, not on the computation.
@@ -214,6 +214,7 @@ def test_dry_run_counts_trials_reservations_and_work(tmp_path):
     assert not (tmp_path / "results" / "sweeps").exists()
 
 
+@pytest.mark.slow  # 2 min; the sweep path (Tune, MLflow parent and children, report) stays in the default suite
 def test_the_quickstart_sweep_as_the_readme_runs_it(tmp_path):
     """README: `byzlab sweep sweeps/quickstart.yaml` from a checkout (own local Ray cluster)."""
     shutil.copytree(REPO / "sweeps", tmp_path / "sweeps", ignore=shutil.ignore_patterns("*.py", "__pycache__"))

@@ -219,14 +219,8 @@ MODEL = (
 D_MODEL = 28
 
 
-def _clustered(n=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centre = torch.randn(D_MODEL, generator=g) * 0.05
-    return centre + 0.01 * torch.randn(n, D_MODEL, generator=g), centre
-
-
-def test_permuting_clients_permutes_weights_and_accepted_and_keeps_the_update():
-    updates, _ = _clustered()
+def test_permuting_clients_permutes_weights_and_accepted_and_keeps_the_update(clustered_updates):
+    updates, _ = clustered_updates(D_MODEL)
     updates[3] *= 5.0  # one magnitude outlier, so the decisions are not all equal
     perm = torch.tensor([3, 7, 0, 9, 1, 5, 2, 8, 6, 4])
     base = build("lasa")(updates, _ctx(MODEL))
@@ -237,11 +231,11 @@ def test_permuting_clients_permutes_weights_and_accepted_and_keeps_the_update():
     assert torch.equal(permuted.accepted, base.accepted[perm])
 
 
-def test_identical_inputs_return_their_top_k_sparsified_version():
+def test_identical_inputs_return_their_top_k_sparsified_version(clustered_updates):
     # n copies of u: every norm is the median (clip factor 1) and every std is 0 (all kept), so the
     # aggregate is Top_k(u) over the weight tensors (D = 12 + 8 = 20, k = ceil(0.7 * 20) = 14), biases and
     # buffers dense: not u itself unless sparsity = 0.
-    u = _clustered()[1]
+    u = clustered_updates(D_MODEL)[1]
     result = build("lasa")(u.repeat(6, 1), _ctx(MODEL))
     weight_cols = torch.cat([torch.arange(0, 12), torch.arange(18, 26)])
     expected = u.clone()
@@ -254,8 +248,8 @@ def test_identical_inputs_return_their_top_k_sparsified_version():
     assert torch.allclose(dense.update, u)
 
 
-def test_far_outlier_is_excluded_in_every_layer():
-    updates, centre = _clustered()
+def test_far_outlier_is_excluded_in_every_layer(clustered_updates):
+    updates, centre = clustered_updates(D_MODEL)
     updates[4] = -100 * centre  # far and opposed: its layer norms are ~100x the others' (MZ_m ~ 3)
     result = build("lasa")(updates, _ctx(MODEL))
     assert not result.accepted[4] and result.accepted.sum() >= 5
@@ -264,8 +258,8 @@ def test_far_outlier_is_excluded_in_every_layer():
     assert torch.linalg.vector_norm(result.update - honest_mean) < 0.5 * torch.linalg.vector_norm(centre)
 
 
-def test_nonfinite_rows_are_dropped_before_the_filter():
-    updates, _ = _clustered()
+def test_nonfinite_rows_are_dropped_before_the_filter(clustered_updates):
+    updates, _ = clustered_updates(D_MODEL)
     updates[2, 5] = float("nan")
     result = build("lasa")(updates, _ctx(MODEL))
     assert torch.isfinite(result.update).all()

@@ -150,6 +150,7 @@ def test_nonfinite_updates_are_never_applied(tmp_path):
     assert columns["test_accuracy"][-1] == pytest.approx(initial.metrics.column("test_accuracy")[0].as_py(), abs=0.01)
 
 
+@pytest.mark.slow  # 55 s; Fashion-MNIST with the CNN stays in the default suite via e2e/test_behaviour_unchanged.py
 def test_fashion_mnist_cnn_three_rounds(tmp_path):
     if not DEBIAN_FASHION_MNIST_DIR.is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist package (.ci/run installs it)")

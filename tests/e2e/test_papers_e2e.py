@@ -14,7 +14,8 @@ SDEA_SIGN_FLIP = pytest.mark.xfail(
     "0.745 under attack vs 0.914 without",
 )
 CASES = [
-    pytest.param(rule, attack, marks=SDEA_SIGN_FLIP) if (rule, attack) == ("sdea", "sign_flip") else (rule, attack)
+    # slow: 70 s for a documented limitation; SDEA's end-to-end path stays in the default suite under byzmean
+    pytest.param(rule, attack, marks=[SDEA_SIGN_FLIP, pytest.mark.slow]) if (rule, attack) == ("sdea", "sign_flip") else (rule, attack)
     for rule in PAPERS
     for attack in ("sign_flip", "byzmean")
 ]

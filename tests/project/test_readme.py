@@ -6,7 +6,8 @@ from pydantic import BaseModel
 
 from byzlab.orchestrator.config import ExperimentConfig
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 
 
 def _field_paths(model: type[BaseModel], prefix: str = ""):
@@ -23,6 +24,6 @@ def test_every_config_field_is_documented():
 
 
 def test_ci_runs_the_readme_test_command():
-    ci = (Path(__file__).parents[1] / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
     command = next(line for line in ci.splitlines() if "pytest" in line)
     assert f"```bash\n{command}\n```" in README

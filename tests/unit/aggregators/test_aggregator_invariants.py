@@ -35,12 +35,6 @@ def _context(n, num_byzantine=2, seed=0, perm=None):
     )
 
 
-def _clustered(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centre = torch.randn(D, generator=g) * 0.05
-    return centre + 0.01 * torch.randn(N, D, generator=g), centre
-
-
 # In this toy problem (3 classes, a linear model) every model predicts close to uniformly, i.e. with entropy
 # near ln 3 = 1.10; Sageflow's default threshold (1.0, the paper's) would reject every client.
 TOY_PARAMS = {"sageflow": {"entropy_threshold": 2.0}}
@@ -54,8 +48,8 @@ ALL = aggregators.names()
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_permuting_clients_permutes_decisions_and_keeps_the_update(name):
-    updates, _ = _clustered()
+def test_permuting_clients_permutes_decisions_and_keeps_the_update(clustered_updates, name):
+    updates, _ = clustered_updates(D, n=N)
     perm = torch.tensor([3, 7, 0, 9, 1, 5, 2, 8, 6, 4])
     base = _build(name)(updates, _context(N))
     permuted = _build(name)(updates[perm], _context(N, perm=perm))
@@ -75,8 +69,8 @@ NOT_IDENTITY = {
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_identical_updates_return_that_update(name):
-    u = _clustered()[1]
+def test_identical_updates_return_that_update(clustered_updates, name):
+    u = clustered_updates(D, n=N)[1]
     result = _build(name)(u.repeat(N, 1), _context(N))
     if name in NOT_IDENTITY:
         pytest.skip(NOT_IDENTITY[name])
@@ -102,8 +96,8 @@ OUTLIER_PARAMS = {"centered_clipping": {"tau": 0.5}, "norm_bound": {"threshold":
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_one_far_outlier_is_excluded_or_bounded(name):
-    updates, centre = _clustered()
+def test_one_far_outlier_is_excluded_or_bounded(clustered_updates, name):
+    updates, centre = clustered_updates(D, n=N)
     updates[4] = -100 * centre  # far from the cluster and opposed to it
     result = _build(name, **OUTLIER_PARAMS.get(name, {}))(updates, _context(N, num_byzantine=1))
     if name in NOT_OUTLIER_ROBUST:
@@ -118,8 +112,8 @@ def test_one_far_outlier_is_excluded_or_bounded(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_nan_and_inf_rows_never_reach_the_aggregate(name):
-    updates, _ = _clustered()
+def test_nan_and_inf_rows_never_reach_the_aggregate(clustered_updates, name):
+    updates, _ = clustered_updates(D, n=N)
     updates[2, 5] = float("nan")
     updates[7] = float("inf")
     rule = _build(name)

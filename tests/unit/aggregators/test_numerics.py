@@ -10,7 +10,7 @@ import torch
 
 from byzlab.aggregators import numerics
 
-AGGREGATORS = Path(__file__).resolve().parents[1] / "aggregators"
+AGGREGATORS = Path(__file__).resolve().parents[3] / "aggregators"
 
 
 # ------------------------------------------------------------------------------- coordinates and medians

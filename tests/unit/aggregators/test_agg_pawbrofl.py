@@ -23,12 +23,6 @@ def _rule(**params):
     return Pawbrofl(PawbroflParams(**params))
 
 
-def _clustered(n=10, d=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centre = 0.05 * torch.randn(d, generator=g)
-    return centre + 0.01 * torch.randn(n, d, generator=g), centre
-
-
 # ------------------------------------------------------------------------------------- PA step (eqs. 8-9)
 
 # Three updates g1 = (2, 0), g2 = (0, 4), g3 = (0, -4), robust weights q = (1/2, 1/4, 1/4), μ = 0.5,
@@ -191,8 +185,8 @@ def test_estimators_match_a_dense_covariance_reference(estimator):
     assert np.allclose(est.q[0].numpy(), q_ref, atol=1e-10)
 
 
-def test_filtering_removes_a_far_outlier():
-    updates, centre = _clustered()
+def test_filtering_removes_a_far_outlier(clustered_updates):
+    updates, centre = clustered_updates(12)
     updates[6] = 50 * centre.abs() + 1.0
     r = _rule(estimator="filtering")(updates, RoundContext())
     assert not r.accepted[6] and r.weights[6] == 0
@@ -204,9 +198,9 @@ def test_filtering_removes_a_far_outlier():
 
 
 @pytest.mark.parametrize(("n", "eps", "removed"), [(10, 0.2, 2), (10, 0.25, 3), (25, 0.28, 7)])
-def test_krum_prefilter_removes_ceil_eps_m(n, eps, removed):
+def test_krum_prefilter_removes_ceil_eps_m(clustered_updates, n, eps, removed):
     # ⌈0.2 * 10⌉ = 2, ⌈0.25 * 10⌉ = ⌈2.5⌉ = 3, ⌈0.28 * 25⌉ = 7 (0.28 * 25 = 7.000000000000001 in floats).
-    updates, centre = _clustered(n=n, seed=1)
+    updates, centre = clustered_updates(12, n=n, seed=1)
     updates[:removed] += 5.0  # the far ones are the worst Krum scores
     # ξ huge: no reweighting, so q is uniform 1/m' on the Krum survivors.
     r = _rule(estimator="no_regret", epsilon=eps, xi=1e9, mu=None)(updates, RoundContext())
@@ -242,8 +236,8 @@ def test_capped_simplex_kl_projection_by_hand():
         assert torch.allclose(r, r[0].expand_as(r))
 
 
-def test_no_regret_downweights_but_never_zeroes_the_kept():
-    updates, centre = _clustered(n=10, seed=2)
+def test_no_regret_downweights_but_never_zeroes_the_kept(clustered_updates):
+    updates, centre = clustered_updates(12, n=10, seed=2)
     updates[0] += 1.0  # removed by Krum (⌈0.2 * 10⌉ = 2 with the next worst)
     updates[1] += 0.05 * torch.ones_like(centre)
     r = _rule(estimator="no_regret", xi=0.0, mu=None)(updates, RoundContext())
@@ -258,8 +252,8 @@ def test_no_regret_downweights_but_never_zeroes_the_kept():
 # ------------------------------------------------------------------------------------------------ blocks
 
 
-def test_blocks_run_independently_and_catch_an_outlier_in_the_second_block():
-    updates, _ = _clustered(n=10, d=5, seed=4)
+def test_blocks_run_independently_and_catch_an_outlier_in_the_second_block(clustered_updates):
+    updates, _ = clustered_updates(5, n=10, seed=4)
     updates[3, 2:4] = 40.0  # honest in block 0 (coords 0-1), far off in block 1 (coords 2-3)
     rule = _rule(chunk_size=2, mu=None)
     r = rule(updates, RoundContext())
@@ -287,8 +281,8 @@ def _gaps(n, seed=5):
 
 
 @pytest.mark.parametrize("estimator", ["filtering", "no_regret"])
-def test_permutation_permutes_weights_and_keeps_the_update(estimator):
-    updates, centre = _clustered(n=10, seed=6)
+def test_permutation_permutes_weights_and_keeps_the_update(clustered_updates, estimator):
+    updates, centre = clustered_updates(12, n=10, seed=6)
     updates[2] = -20 * centre
     gaps = _gaps(10)
     perm = torch.tensor([3, 7, 0, 9, 1, 5, 2, 8, 6, 4])
@@ -302,16 +296,16 @@ def test_permutation_permutes_weights_and_keeps_the_update(estimator):
 
 @pytest.mark.parametrize("estimator", ["filtering", "no_regret"])
 @pytest.mark.parametrize("chunk_size", [None, 3])
-def test_identical_inputs_return_that_input(estimator, chunk_size):
-    u = _clustered()[1]
+def test_identical_inputs_return_that_input(clustered_updates, estimator, chunk_size):
+    u = clustered_updates(12)[1]
     r = _rule(estimator=estimator, chunk_size=chunk_size)(u.repeat(7, 1), RoundContext(loss_gaps=_gaps(7)))
     assert torch.allclose(r.update, u, atol=1e-6)
     assert r.info["iterations"] == 0
 
 
 @pytest.mark.parametrize("estimator", ["filtering", "no_regret"])
-def test_a_far_outlier_gets_no_weight_even_with_a_huge_reported_gap(estimator):
-    updates, centre = _clustered(n=10, seed=7)
+def test_a_far_outlier_gets_no_weight_even_with_a_huge_reported_gap(clustered_updates, estimator):
+    updates, centre = clustered_updates(12, n=10, seed=7)
     updates[4] = -100 * centre
     gaps = _gaps(10)
     gaps[4] = 1e6  # the attacker misreports its loss gap to attract softmax weight
@@ -321,8 +315,8 @@ def test_a_far_outlier_gets_no_weight_even_with_a_huge_reported_gap(estimator):
     assert torch.linalg.vector_norm(r.update - honest.mean(0)) < 0.5 * torch.linalg.vector_norm(centre)
 
 
-def test_gaps_steer_the_direction_but_keep_the_robust_norm():
-    updates, _ = _clustered(n=10, seed=8)
+def test_gaps_steer_the_direction_but_keep_the_robust_norm(clustered_updates):
+    updates, _ = clustered_updates(12, n=10, seed=8)
     gaps = torch.zeros(10)
     gaps[5] = 1.0
     # ξ huge: q = 1/10 for all, z_5 = 0.1 * 1 / 0.01 = 10, p_5 = e^10 / (e^10 + 9) ≈ 0.9996
@@ -348,15 +342,15 @@ def test_params_defaults_and_validation():
             build("pawbrofl", **bad)
 
 
-def test_epsilon_none_uses_the_declared_byzantine_fraction():
-    updates, _ = _clustered(n=10, seed=9)
+def test_epsilon_none_uses_the_declared_byzantine_fraction(clustered_updates):
+    updates, _ = clustered_updates(12, n=10, seed=9)
     r = _rule(estimator="no_regret", epsilon=None, xi=1e9)(updates, RoundContext(num_byzantine=3))
     # ε = 3/10: ⌈0.3 * 10⌉ = 3 removed by Krum
     assert r.info["epsilon"] == pytest.approx(0.3) and r.info["krum_removed"] == 3
 
 
-def test_nonfinite_reported_gaps_count_as_zero():
-    updates, _ = _clustered(n=6, seed=10)
+def test_nonfinite_reported_gaps_count_as_zero(clustered_updates):
+    updates, _ = clustered_updates(12, n=6, seed=10)
     gaps = torch.tensor([float("nan"), float("inf"), 0.0, 0.0, 0.0, 0.0])
     r = _rule(xi=1e9)(updates, RoundContext(loss_gaps=gaps))
     # all gaps 0 after the replacement: ĝ = g_BR = the mean (ξ huge: q = 1/6)
