@@ -75,3 +75,14 @@ def test_citations_stay_inside_the_repository():
     headings = set(re.findall(r"^#+ (.+)$", (ROOT / "docs" / "architecture.md").read_text(), flags=re.M))
     cited = {m for p in files for m in re.findall(r'docs/architecture\.md, (?:section )?"([^"]+)"', p.read_text())}
     assert cited - headings == set()
+
+
+def test_rules_and_attacks_import_without_the_cluster_or_the_upper_layers():
+    """`import byzlab.aggregators, byzlab.attacks` in a fresh interpreter loads no Ray, MLflow or Arrow and
+    nothing of byzlab above them: the bottom of the stack is usable on its own."""
+    probe = ("import sys, byzlab.aggregators, byzlab.attacks; "
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'pyarrow') "
+             "or m.startswith(('byzlab.actors', 'byzlab.sweeps', 'byzlab.orchestrator.')) "
+             "and not m.startswith('byzlab.orchestrator.core'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == []
