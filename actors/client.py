@@ -63,11 +63,13 @@ class ClientWorker:
             and self.spec.threat.schedule.active(round_index)
         )
         if not attacking:
-            return train_locally(self.model, global_flat, self.x[part], self.y[part], self.spec.recipe, generator)
+            recipe = self.spec.recipe.for_round(round_index)
+            return train_locally(self.model, global_flat, self.x[part], self.y[part], recipe, generator)
         attack, attacker = self.data_attack, self.attacker_index[client]
         batch_generator = torch_generator(seed, Stream.BATCH_POISON, round_index, client)
         result = train_locally(
-            self.model, global_flat, self.x[part], self.poisoned_y[part], self.spec.attacker_recipe, generator,
+            self.model, global_flat, self.x[part], self.poisoned_y[part], self.spec.attacker_recipe.for_round(round_index),
+            generator,
             transform_batch=lambda xb, yb: attack.poison_batch(xb, yb, attacker, self.num_attackers, batch_generator),
         )
         result.update *= attack.update_scale(round_index)

@@ -54,7 +54,8 @@ class ServerWorker:
         self.layout = model_layout(self.model)
         self.model_fn = functional_forward(self.model, self.layout)
         self.global_params = flatten_state(self.model)
-        self.velocity = torch.zeros_like(self.global_params)
+        self.optimizer = spec.optimizer
+        self.optimizer.start(self.global_params)
         self.aggregator = spec.aggregator
         self.context_fields = aggregators.context_fields(spec.aggregator)
         self.adversary = Adversary(spec.threat, spec.seed, self.global_params.clone(), self.layout)
@@ -162,12 +163,11 @@ class ServerWorker:
         return result
 
     def _apply(self, update: torch.Tensor) -> bool:
-        """Server step with momentum. A non-finite aggregate (e.g. FedAvg over a NaN update) is never
-        applied: the global model stays."""
+        """The server optimizer's step. A non-finite aggregate (e.g. FedAvg over a NaN update) is never
+        applied: the global model and the optimizer's state stay."""
         if not bool(torch.isfinite(update).all()):
             return False
-        self.velocity.mul_(self.spec.server_momentum).add_(update)
-        self.global_params.add_(self.velocity, alpha=self.spec.server_lr)
+        self.optimizer.step(self.global_params, update)
         return True
 
     def _evaluate_round(self, round_index: int) -> dict[str, float]:
@@ -197,13 +197,14 @@ class ServerWorker:
     def state_dict(self) -> dict[str, Any]:
         return {
             "global_params": self.global_params.cpu(),
-            "velocity": self.velocity.cpu(),
+            "optimizer": self.optimizer.state_dict(),
             "aggregator": self.aggregator.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.global_params = state["global_params"].to(self.device)
-        self.velocity = state["velocity"].to(self.device)
+        # A checkpoint written before server optimizers holds FedAvgM's velocity at the top level.
+        self.optimizer.load_state_dict(state["optimizer"] if "optimizer" in state else {"velocity": state["velocity"]})
         self.aggregator.load_state_dict(state["aggregator"])
 
 

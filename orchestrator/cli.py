@@ -199,6 +199,7 @@ class Listing(str, Enum):
     aggregators = "aggregators"
     pre_aggregators = "pre-aggregators"
     attacks = "attacks"
+    server_optimizers = "server-optimizers"
 
 
 def _rows(what: Listing) -> list[tuple[str, str]]:
@@ -213,8 +214,10 @@ def _rows(what: Listing) -> list[tuple[str, str]]:
         from byzlab.orchestrator.data.datasets import DATASETS
         from byzlab.orchestrator.data.partition import PARTITION_SCHEMES
         from byzlab.orchestrator.learning.models import MODELS
+        from byzlab.orchestrator.learning.server_optimizers import SERVER_OPTIMIZERS
 
-        registry = {Listing.datasets: DATASETS, Listing.partitions: PARTITION_SCHEMES, Listing.models: MODELS}[what]
+        registry = {Listing.datasets: DATASETS, Listing.partitions: PARTITION_SCHEMES, Listing.models: MODELS,
+                    Listing.server_optimizers: SERVER_OPTIMIZERS}[what]
         heading = (lambda entry: f"(default model: {entry.default_model})") if what is Listing.datasets else (
             lambda entry: "")
     return [(name, registry.describe(name, heading(registry.get(name)))) for name in registry.names()]
@@ -222,8 +225,8 @@ def _rows(what: Listing) -> list[tuple[str, str]]:
 
 @app.command("list")
 def list_(what: Listing = typer.Argument(..., help="what to list")) -> None:
-    """List the available datasets, partitions, models, aggregators, pre-aggregators or attacks (with parameters
-    and defaults)."""
+    """List the available datasets, partitions, models, aggregators, pre-aggregators, attacks or server
+    optimizers (with parameters and defaults)."""
     table = Table(show_lines=True)
     table.add_column("name", style="bold")
     table.add_column("description")

@@ -19,6 +19,7 @@ from byzlab.orchestrator.core.registry import Registry
 from byzlab.orchestrator.data.datasets import DATASET_NAMES, DATASETS, default_model
 from byzlab.orchestrator.data.partition import PARTITION_SCHEMES
 from byzlab.orchestrator.learning.models import MODEL_NAMES, MODELS
+from byzlab.orchestrator.learning.server_optimizers import SERVER_OPTIMIZERS
 
 
 class _Section(BaseModel):
@@ -130,6 +131,9 @@ class ClientsConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="local SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="local SGD weight decay")
     prox_mu: float = Field(0.0, ge=0, description="FedProx proximal coefficient mu (0 = plain local SGD)")
+    # Left out of the resolved config while 1 (no decay): earlier configs keep their run ids.
+    lr_decay: float = Field(1.0, gt=0, le=1, exclude_if=lambda decay: decay == 1.0,
+                            description="local lr of round r = lr * lr_decay^(r-1) (LASA: 0.99, Shakespeare 0.999)")
 
     @model_validator(mode="after")
     def _sampling(self) -> ClientsConfig:
@@ -159,8 +163,18 @@ class PublicDataConfig(_Section):
 class ServerConfig(_Section):
     aggregator: str = Field("fedavg", description="aggregation rule (byzlab list aggregators)")
     aggregator_params: dict[str, Any] = Field(default_factory=dict, description="the rule's parameters")
-    lr: float = Field(1.0, gt=0, description="server learning rate: theta += lr * velocity")
-    momentum: float = Field(0.0, ge=0, lt=1, description="server momentum (FedAvgM); 0 = plain update")
+    lr: float = Field(1.0, gt=0, description="server learning rate eta of the server optimizer")
+    momentum: float = Field(0.0, ge=0, lt=1, description="server momentum (fedavgm); 0 = plain update")
+    # The two optimizer fields are left out of the resolved config (and so of the run id) while they hold
+    # their defaults: configs from before server optimizers keep their run ids.
+    optimizer: Literal[tuple(SERVER_OPTIMIZERS.names())] = Field(
+        "fedavgm", exclude_if=lambda name: name == "fedavgm",
+        description="how the global model steps along the aggregate (byzlab list server-optimizers)",
+    )
+    optimizer_params: dict[str, Any] = Field(
+        default_factory=dict, exclude_if=lambda params: not params,
+        description="the server optimizer's parameters (fedadam / fedyogi: beta1, beta2, tau)",
+    )
     eval_batch_size: int = Field(1024, ge=1, description="batch size of test-set evaluation")
     proxy_data: ProxyDataConfig = Field(
         default_factory=ProxyDataConfig, description="labeled server data, for rules that need it (fltrust, sageflow)"
@@ -181,9 +195,25 @@ class ServerConfig(_Section):
     def _aggregator(self) -> ServerConfig:
         params = aggregators.validate_params(self.aggregator, self.aggregator_params)
         self.aggregator_params = params.model_dump()
+        self._optimizer()
         self.pre_aggregators = aggregators.pipeline.normalise_specs(self.pre_aggregators)
         aggregators.pipeline.check_compatible(self.pre_aggregators, self.aggregator, self.aggregator_params)
         return self
+
+
+    def _optimizer(self) -> None:
+        """FedAvgM's momentum is ``server.momentum``; the adaptive optimizers take ``optimizer_params``."""
+        if self.optimizer == "fedavgm":
+            if self.optimizer_params:
+                raise ValueError("optimizer_params: fedavgm takes none (its momentum is server.momentum)")
+            return
+        if self.momentum != 0:
+            raise ValueError(f"momentum applies to fedavgm only; {self.optimizer}'s is optimizer_params.beta1")
+        self.optimizer_params = SERVER_OPTIMIZERS.validate_params(self.optimizer, self.optimizer_params).model_dump()
+
+    def optimizer_parameters(self) -> dict[str, Any]:
+        """What the optimizer is built with: fedavgm's momentum, or the adaptive ones' parameters."""
+        return {"momentum": self.momentum} if self.optimizer == "fedavgm" else self.optimizer_params
 
 
 def malicious_count(fraction: float, num_clients: int) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -23,6 +23,11 @@ class LocalRecipe:
     momentum: float
     weight_decay: float
     prox_mu: float  # FedProx proximal coefficient; 0 = plain local SGD
+    lr_decay: float = 1.0  # the lr of round r is lr * lr_decay^(r - 1)
+
+    def for_round(self, round_index: int) -> LocalRecipe:
+        """The recipe of round ``round_index`` (1-based): the learning rate decayed per round."""
+        return replace(self, lr=self.lr * self.lr_decay ** (round_index - 1))
 
 
 @dataclass

@@ -16,6 +16,7 @@ from byzlab import aggregators
 from byzlab.orchestrator.config import ClientsConfig, ExperimentConfig
 from byzlab.orchestrator.data.datasets import Dataset
 from byzlab.orchestrator.learning.models import build_model
+from byzlab.orchestrator.learning.server_optimizers import ServerOptimizer, build_server_optimizer
 from byzlab.orchestrator.learning.training import LocalRecipe
 from byzlab.orchestrator.specs.threat import ThreatSpec
 
@@ -24,6 +25,7 @@ def local_recipe(clients: ClientsConfig) -> LocalRecipe:
     return LocalRecipe(
         batch_size=clients.batch_size, local_epochs=clients.local_epochs, local_steps=clients.local_steps,
         lr=clients.lr, momentum=clients.momentum, weight_decay=clients.weight_decay, prox_mu=clients.prox_mu,
+        lr_decay=clients.lr_decay,
     )
 
 
@@ -63,8 +65,7 @@ class ServerSpec:
     eval_batch_size: int
     num_clients: int
     clients_per_round: int
-    server_lr: float
-    server_momentum: float
+    optimizer: ServerOptimizer
     aggregator: aggregators.Aggregator
     threat: ThreatSpec
 
@@ -87,7 +88,7 @@ def server_spec(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatSpec) -> 
         seed=cfg.run.seed, device=cfg.run.device, model=model_spec(cfg, dataset), rounds=cfg.run.rounds,
         eval_every=cfg.run.eval_every, eval_batch_size=server.eval_batch_size,
         num_clients=cfg.clients.num_clients, clients_per_round=cfg.clients.clients_per_round,
-        server_lr=server.lr, server_momentum=server.momentum,
+        optimizer=build_server_optimizer(server.optimizer, server.lr, server.optimizer_parameters()),
         aggregator=aggregators.build_pipeline(server.pre_aggregators, server.aggregator, server.aggregator_params),
         threat=threat,
     )

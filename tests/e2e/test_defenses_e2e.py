@@ -28,3 +28,16 @@ def fedavg_accuracy(tmp_path_factory, ray_cluster):
 def test_filtering_rule_beats_fedavg_under_sign_flip(tmp_path, rule, fedavg_accuracy):
     assert fedavg_accuracy < 0.3  # the attack does collapse the mean
     assert _final_accuracy(tmp_path, rule) > fedavg_accuracy + 0.4
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_an_adaptive_server_optimizer_steps_along_the_robust_aggregate(tmp_path):
+    """FedYogi (Reddi et al., 2021) on the aggregate: behind the median it still learns under the attack,
+    behind the mean it collapses as plain FedAvg does."""
+    yogi = ["server.optimizer=fedyogi", "server.lr=0.03", "run.rounds=10", "tracking.enabled=false", *ATTACK]
+    median, mean = (
+        run_experiment(build_config({}, [f"run.output_dir={tmp_path / rule}", f"server.aggregator={rule}", *yogi]))
+        for rule in ("median", "fedavg")
+    )
+    assert median.summary["acc_last5_mean"] > 0.8
+    assert mean.summary["acc_last5_mean"] < 0.3

@@ -37,7 +37,8 @@ def test_list_shows_every_kind_with_parameters():
     assert "fedavg" in aggregators.stdout and "weighting='samples'" in aggregators.stdout
     for what, expected in [("datasets", "fashion-mnist"), ("partitions", "dirichlet"), ("models", "resnet18"),
                            ("datasets", "(default model: mlp)"), ("partitions", "beta=0.5"),
-                           ("pre-aggregators", "bucketing"), ("pre-aggregators", "threshold (required)")]:
+                           ("pre-aggregators", "bucketing"), ("pre-aggregators", "threshold (required)"),
+                           ("server-optimizers", "fedyogi"), ("server-optimizers", "beta2=0.99")]:
         result = runner.invoke(cli.app, ["list", what], terminal_width=200)
         assert result.exit_code == 0 and expected in result.stdout
     assert runner.invoke(cli.app, ["list", "widgets"]).exit_code == 2

@@ -11,6 +11,7 @@ from byzlab.orchestrator.core.registry import NoParams, Registry
 from byzlab.orchestrator.data.datasets import DATASETS
 from byzlab.orchestrator.data.partition import PARTITION_SCHEMES
 from byzlab.orchestrator.learning.models import MODELS
+from byzlab.orchestrator.learning.server_optimizers import SERVER_OPTIMIZERS
 
 
 class ScaleParams(BaseModel):
@@ -72,7 +73,7 @@ def test_describe_is_the_first_paragraph_and_one_line_per_parameter():
 
 
 @pytest.mark.parametrize("registry", [aggregators.AGGREGATORS, aggregators.PRE_AGGREGATORS, attacks.ATTACKS, DATASETS,
-                                      PARTITION_SCHEMES, MODELS], ids=lambda r: r.what)
+                                      PARTITION_SCHEMES, MODELS, SERVER_OPTIMIZERS], ids=lambda r: r.what)
 def test_every_component_has_a_summary_and_described_parameters(registry):
     assert registry.names()
     for name in registry.names():

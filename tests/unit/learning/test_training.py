@@ -58,3 +58,17 @@ def test_fedprox_term_pulls_towards_the_global_model():
         recipe = local_recipe(ClientsConfig(local_epochs=3, batch_size=8, lr=0.05, momentum=0.0, prox_mu=mu))
         norms.append(train_locally(model, global_flat, x, y, recipe, torch.Generator().manual_seed(0)).update.norm())
     assert norms[1] < 0.5 * norms[0]
+
+
+def test_the_learning_rate_decays_per_round_and_round_one_is_the_base_recipe():
+    recipe = local_recipe(ClientsConfig(lr=0.05, lr_decay=0.5))
+    assert [recipe.for_round(r).lr for r in (1, 2, 3)] == [0.05, 0.025, 0.0125]
+    assert recipe.for_round(1) == recipe
+    undecayed = local_recipe(ClientsConfig(lr=0.05))
+    assert undecayed.for_round(500) == undecayed  # lr_decay 1: every round trains with the same lr
+    # a decayed round trains exactly as a recipe with that lr does
+    model, global_flat, x, y = _setup()
+    halved = local_recipe(ClientsConfig(lr=0.025, local_epochs=1, batch_size=8))
+    decayed = local_recipe(ClientsConfig(lr=0.05, lr_decay=0.5, local_epochs=1, batch_size=8)).for_round(2)
+    a, b = (train_locally(model, global_flat, x, y, r, torch.Generator().manual_seed(1)) for r in (halved, decayed))
+    assert torch.equal(a.update, b.update)
