@@ -10,7 +10,7 @@ import ray
 import torch
 
 from byzlab.actors.resources import actor_device
-from byzlab.orchestrator.core.seeding import Stream, torch_generator
+from byzlab.orchestrator.core.seeding import Stream, derive_seed, torch_generator
 from byzlab.orchestrator.learning.training import LocalResult, train_locally
 from byzlab.orchestrator.specs.roles import ClientSpec
 
@@ -58,6 +58,7 @@ class ClientWorker:
         part = self.slices[client]
         seed = self.spec.seed
         generator = torch_generator(seed, Stream.LOCAL_TRAINING, round_index, client)
+        torch.manual_seed(derive_seed(seed, Stream.DROPOUT, round_index, client))  # dropout draws from torch's RNG
         attacking = (
             self.data_attack is not None and client in self.attacker_index
             and self.spec.threat.schedule.active(round_index)

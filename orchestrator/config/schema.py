@@ -59,6 +59,9 @@ class _ComponentSection(_Section):
     registry: ClassVar[Registry]
     name_field: ClassVar[str]
     label: ClassVar[str]  # how messages call the component: "scheme", "model"
+    # Whether the chosen component's defaults are written into the resolved config (and so into the run
+    # id), or left out so that a parameter added later with a default changes no existing run id.
+    record_defaults: ClassVar[bool] = True
 
     def fill_parameters(self) -> None:
         name = getattr(self, self.name_field)
@@ -70,11 +73,13 @@ class _ComponentSection(_Section):
                 )
         given = {param: getattr(self, param) for param in own if getattr(self, param) is not None}
         for param, value in self.registry.validate_params(name, given).model_dump().items():
-            setattr(self, param, value)
+            recorded = self.record_defaults or value != own[param].get_default(call_default_factory=True)
+            setattr(self, param, value if recorded else None)
 
     def parameters(self) -> dict[str, Any]:
-        """The chosen component's parameters, by name."""
-        return {param: getattr(self, param) for param in self.registry.get(getattr(self, self.name_field)).Params.model_fields}
+        """The chosen component's parameters, by name (the values given; the component fills in the rest)."""
+        own = self.registry.get(getattr(self, self.name_field)).Params.model_fields
+        return {param: getattr(self, param) for param in own if getattr(self, param) is not None}
 
 
 class _DataSection(_Section):
@@ -114,7 +119,7 @@ PartitionConfig = create_model(
 class _ModelSection(_ComponentSection):
     """The model; its parameters are filled in once ``auto`` is resolved (ExperimentConfig)."""
 
-    registry, name_field, label = MODELS, "name", "model"
+    registry, name_field, label, record_defaults = MODELS, "name", "model", False
     name: Literal[("auto", *MODEL_NAMES)] = Field("auto", description="architecture; auto = the dataset's default")
 
 
@@ -305,7 +310,10 @@ class ExperimentConfig(_Section):
     def _cross_section(self) -> ExperimentConfig:
         if self.model.name == "auto":
             self.model.name = default_model(self.data.dataset)
-        self.model.fill_parameters()
+        try:
+            self.model.fill_parameters()
+        except ValueError as err:
+            raise ValueError(f"model: {err}") from None
         self._check_aggregator_setting()
         if self.run.client_actors > self.clients.num_clients:
             raise ValueError(

@@ -26,6 +26,7 @@ class Stream(IntEnum):
     BATCH_POISON = 9
     PROXY_DATA = 10
     PUBLIC_DATA = 11
+    DROPOUT = 12
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

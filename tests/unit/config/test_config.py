@@ -106,3 +106,15 @@ def test_impossible_defense_settings_fail_at_validation(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         build_config({}, overrides)
     assert build_config({}, ["server.aggregator=krum", "threat.fraction=0.3"]).expected_byzantine() == 3
+
+
+def test_model_parameters_are_flat_keys_and_defaults_stay_out_of_the_run_id():
+    from byzlab.orchestrator.config import run_id
+
+    plain = build_config({})
+    explicit = build_config({}, ["model.dropout=0.0", "model.hidden=[200, 200]"])
+    assert run_id(plain) == run_id(explicit) and plain.to_dict()["model"] == {"name": "mlp"}
+    loan = build_config({}, ["model.hidden=[46, 23]", "model.dropout=0.2"])
+    assert loan.model.parameters() == {"hidden": (46, 23), "dropout": 0.2} and run_id(loan) != run_id(plain)
+    with pytest.raises(ConfigError, match=r"model: 'hidden' is not a parameter of model 'cnn' \(it takes: dropout\)"):
+        build_config({}, ["data.dataset=fashion-mnist", "model.hidden=[10]"])

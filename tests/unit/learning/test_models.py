@@ -11,6 +11,7 @@ INTENDED_INPUTS = {
     "cnn": (1, 28, 28),
     "cifar_cnn": (3, 32, 32),
     "resnet18": (3, 32, 32),
+    "residual_cnn": (1, 28, 28),
 }
 
 
@@ -90,6 +91,36 @@ def test_default_model_for_every_dataset():
         default_model("imagenet")
 
 
-def test_every_model_describes_itself_in_one_line():
-    assert MODEL_NAMES == ("mlp", "cnn", "cifar_cnn", "resnet18")
-    assert all(MODELS.describe(name) and "\n" not in MODELS.describe(name) for name in MODEL_NAMES)
+def test_every_model_describes_itself_and_its_parameters():
+    assert MODEL_NAMES == ("mlp", "cnn", "cifar_cnn", "resnet18", "residual_cnn")
+    assert all(len(MODELS.describe(name).splitlines()[0]) > 20 for name in MODEL_NAMES)
+    assert MODELS.describe("cnn").splitlines()[1:] == [
+        "dropout=0.0: dropout rate before the last layer(s) (FedRA §5.1: 0.2)"]
+
+
+def test_residual_cnn_is_table_5_of_the_residual_paper():
+    # conv1 4*1*25 + 4, conv2 8*4*25 + 8, fc1 (8*4*4)*16 + 16, fc2 16*10 + 10
+    model = build_model("residual_cnn", (1, 28, 28), 10)
+    assert sum(p.numel() for p in model.parameters()) == 104 + 808 + 2064 + 170 == 3146
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert model[:3](torch.zeros(1, 1, 28, 28)).shape == (1, 4, 12, 12)  # the table's image sizes
+    assert build_model("residual_cnn", (3, 17, 31), 5)(torch.zeros(1, 3, 17, 31)).shape == (1, 5)
+    with pytest.raises(ValueError, match="at least 16x16"):
+        build_model("residual_cnn", (1, 8, 8), 10)
+
+
+def test_mlp_widths_and_dropout():
+    loan = build_model("mlp", (1, 91, 1), 9, hidden=[46, 23], dropout=0.2)
+    assert [m.out_features for m in loan if isinstance(m, nn.Linear)] == [46, 23, 9]
+    assert [m.p for m in loan if isinstance(m, nn.Dropout)] == [0.2, 0.2]
+    torch.manual_seed(0)
+    with_dropout = build_model("cnn", (1, 28, 28), 10, dropout=0.5)
+    torch.manual_seed(0)
+    without = build_model("cnn", (1, 28, 28), 10)
+    # a dropout layer adds no parameter and draws nothing at initialisation
+    assert list(with_dropout.state_dict()) == list(without.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(with_dropout.state_dict().values(), without.state_dict().values()))
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(with_dropout.eval()(x), without.eval()(x))  # evaluation never drops
+    with pytest.raises(ValueError, match="model 'resnet18' parameter 'dropout': Extra inputs"):
+        build_model("resnet18", (3, 32, 32), 10, dropout=0.1)
