@@ -3,6 +3,7 @@ sample → broadcast and train → attack → aggregate → apply → evaluate �
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -54,7 +55,7 @@ class ServerWorker:
         self.layout = model_layout(self.model)
         self.model_fn = functional_forward(self.model, self.layout)
         self.global_params = flatten_state(self.model)
-        self.optimizer = spec.optimizer
+        self.optimizer = copy.deepcopy(spec.optimizer)  # its state is this server's, not the shared spec's
         self.optimizer.start(self.global_params)
         self.aggregator = spec.aggregator
         self.context_fields = aggregators.context_fields(spec.aggregator)

@@ -118,6 +118,7 @@ def test_lasa_table1_is_iid_with_a_quarter_attackers_and_nine_attacks():
     assert _values(sweep, lambda c: c.threat.fraction) == {0.25}
     assert _values(sweep, lambda c: c.threat.attack) == LASA_ATTACKS
     assert _values(sweep, lambda c: c.run.seed) == {0, 1, 2}
+    assert _values(sweep, lambda c: (c.clients.lr, c.clients.momentum, c.clients.lr_decay)) == {(0.1, 0.9, 0.99)}
     assert _values(sweep, lambda c: c.server.aggregator) == {
         "fedavg", "trimmed_mean", "geomed", "multi_krum", "dnc", "signguard", "sparsefed", "lasa",
     }
@@ -148,6 +149,7 @@ def test_lasa_tables5_6_cover_sparsity_levels_and_radii():
     assert _values(sweep, lambda c: c.server.aggregator) == {"lasa"}
     assert _values(sweep, lambda c: c.data.dataset) == {"mnist", "fashion-mnist"}
     assert _values(sweep, lambda c: c.threat.fraction) == {0.25}
+    assert _values(sweep, lambda c: c.clients.lr_decay) == {0.99}
     cells = Counter()
     for t in sweep.trials:
         p = t.config.server.aggregator_params
@@ -166,6 +168,7 @@ def test_residual_table6_covers_the_lambda_delta_grid():
     sweep = _sweep("residual_table6")
     assert _values(sweep, lambda c: c.server.aggregator) == {"residual"}
     assert _values(sweep, lambda c: c.data.dataset) == {"mnist"}
+    assert _values(sweep, lambda c: c.model.name) == {"residual_cnn"}  # the paper's Table 5 CNN
     assert _values(sweep, lambda c: c.clients.num_clients) == {100}
     assert _values(sweep, lambda c: c.clients.clients_per_round) == {100}
     assert _values(sweep, lambda c: c.run.rounds) == {200}
@@ -196,6 +199,10 @@ def test_fedra_sweep_covers_the_quantity_enlarging_factors():
     assert _values(sweep, lambda c: c.threat.quantity_params["alpha_q"]) == {0, 1, 2, 5, 10}
     assert _values(sweep, lambda c: (c.partition.scheme, c.partition.sigma)) == {("lognormal", 3.0)}
     assert _values(sweep, lambda c: (c.data.dataset, c.clients.num_clients)) == {("mnist", 3025), ("cifar10", 3115)}
+    # FedAdam for every method, its learning rate per dataset (§5.1), dropout 0.2 in both CNNs
+    assert _values(sweep, lambda c: (c.data.dataset, c.server.optimizer, c.server.lr)) == {
+        ("mnist", "fedadam", 0.0001), ("cifar10", "fedadam", 0.001)}
+    assert _values(sweep, lambda c: (c.model.name, c.model.dropout)) == {("cnn", 0.2), ("cifar_cnn", 0.2)}
     assert _values(sweep, lambda c: c.clients.clients_per_round) == {50}
     assert _values(sweep, lambda c: c.threat.fraction) == {0.1}
     assert _values(sweep, lambda c: c.threat.attack) == {"label_flip", "lie"}
