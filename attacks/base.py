@@ -80,6 +80,7 @@ class DataAttack(Attack[P]):
     """
 
     kind = "data"
+    needs_images: ClassVar[bool] = False  # True for pixel-trigger attacks: refused on tabular data
 
     def poison_labels(self, y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
         """Labels the attacker trains on, redrawn once per run (label-flipping attacks)."""

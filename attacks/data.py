@@ -297,6 +297,8 @@ TP = TypeVar("TP", bound=TriggerParams)
 class _TriggerAttack(DataAttack[TP]):
     """Shared hooks of the pixel-pattern backdoors; subclasses say which trigger each attacker uses."""
 
+    needs_images = True
+
     def local_trigger(self, attacker: int, num_attackers: int) -> Trigger:
         """The trigger attacker ``attacker`` stamps on its training batches."""
         raise NotImplementedError

@@ -121,7 +121,7 @@ def check_data(sweep: Sweep) -> None:
             [data_key, cfg.partition.model_dump(mode="json"), cfg.clients.num_clients, cfg.run.seed], sort_keys=True
         )
         if partition_key not in partitions:
-            make_partition(cfg, datasets[data_key].train_y)
+            make_partition(cfg, datasets[data_key])
             partitions.add(partition_key)
 
 

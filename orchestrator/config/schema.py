@@ -44,11 +44,19 @@ def _parameter_fields(registry: Registry, *, keep_defaults: bool) -> dict[str, A
     for param, info in collected.items():
         annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
         description = f"{', '.join(owners[param])} only: {info.description}"
-        if keep_defaults:
+        if keep_defaults and param in _recorded_parameters(registry):
             fields[param] = (annotation, Field(info.default, description=description))
         else:
             fields[param] = (Optional[annotation], Field(None, description=description))
     return fields
+
+
+def _recorded_parameters(registry: Registry) -> set[str]:
+    """Parameters of the entries registered with ``record_defaults`` (the default): their defaults are always
+    in the resolved config. An entry registered with ``record_defaults=False`` adds keys that stay out of it
+    while they hold their defaults, so adding it changes no existing run id."""
+    return {param for name in registry.names() if getattr(registry.get(name), "record_defaults", True)
+            for param in registry.get(name).Params.model_fields}
 
 
 class _ComponentSection(_Section):
@@ -83,17 +91,33 @@ class _ComponentSection(_Section):
 
 
 class _DataSection(_Section):
-    """The clients' dataset. Dataset parameters (``byzlab list datasets``) are flat keys of this section;
-    every dataset's parameters keep their defaults in the resolved config, whichever dataset is chosen, so
-    run ids stay those of earlier versions."""
+    """The clients' dataset. Dataset parameters (``byzlab list datasets``) are flat keys of this section.
+    The image datasets' parameters keep their defaults in the resolved config whichever dataset is chosen,
+    so run ids stay those of earlier versions; the parameters of a dataset registered with
+    ``record_defaults=False`` (csv) are an error with another dataset and stay out of the resolved config
+    while they hold their defaults."""
 
-    dataset: Literal[DATASET_NAMES] = Field("digits", description="training and test data")
+    dataset: Literal[tuple(DATASETS.names())] = Field("digits", description="training and test data (byzlab list datasets)")
     data_root: str | None = Field(None, description="where torchvision-format files live (default ~/.cache/byzlab/data)")
     download: bool = Field(False, description="let torchvision download a missing dataset")
 
+    @model_validator(mode="after")
+    def _dataset_parameters(self) -> _DataSection:
+        own = DATASETS.get(self.dataset).Params.model_fields
+        recorded = _recorded_parameters(DATASETS)
+        for param in type(self).model_fields:
+            if param not in _DataSection.model_fields and param not in {*own, *recorded} and getattr(self, param) is not None:
+                raise ValueError(f"'{param}' is not a parameter of dataset '{self.dataset}' (it takes: {', '.join(own) or 'none'})")
+        given = {param: getattr(self, param) for param in own if getattr(self, param) is not None}
+        for param, value in DATASETS.validate_params(self.dataset, given).model_dump().items():
+            keep = param in recorded or value != own[param].get_default(call_default_factory=True)
+            setattr(self, param, value if keep else None)
+        return self
+
     def parameters(self) -> dict[str, Any]:
-        """The chosen dataset's parameters, by name."""
-        return {param: getattr(self, param) for param in DATASETS.get(self.dataset).Params.model_fields}
+        """The chosen dataset's parameters that are set, by name (the loader fills in the rest)."""
+        own = DATASETS.get(self.dataset).Params.model_fields
+        return {param: getattr(self, param) for param in own if getattr(self, param) is not None}
 
 
 DataConfig = create_model("DataConfig", __base__=_DataSection, **_parameter_fields(DATASETS, keep_defaults=True))

@@ -61,7 +61,9 @@ _SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing by array contents would be ambiguous
 class Dataset:
-    """A train/test pair of normalised float32 NCHW images with int64 labels."""
+    """A train/test pair of normalised float32 inputs with int64 labels: NCHW images, or (N, F) feature rows
+    of tabular data. ``train_groups``: an int64 group id per training sample (a natural-partition column,
+    e.g. a US state), or None."""
 
     name: str
     train_x: np.ndarray
@@ -69,16 +71,20 @@ class Dataset:
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+    train_groups: np.ndarray | None = None
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image."""
-        channels, height, width = self.train_x.shape[1:]
-        return channels, height, width
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input: (channels, height, width) of an image, (features,) of a tabular row."""
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def is_images(self) -> bool:
+        return self.train_x.ndim == 4
 
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", keep_order=True)
-DATASET_NAMES: tuple[str, ...]  # filled in below, once every loader is registered
+DATASET_NAMES: tuple[str, ...]  # the image datasets, filled in below once their loaders are registered
 
 
 class DigitsParams(BaseModel):
@@ -107,8 +113,8 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, download
 
 def default_model(dataset: str) -> str:
     """The model a dataset trains when the config says ``model.name: auto`` (set where it is registered)."""
-    if dataset not in DATASET_NAMES:
-        raise ValueError(f"no default model for dataset '{dataset}'; known: {', '.join(DATASET_NAMES)}")
+    if dataset not in DATASETS.names():
+        raise ValueError(f"no default model for dataset '{dataset}'; known: {', '.join(DATASETS.names())}")
     return DATASETS.get(dataset).default_model
 
 
@@ -379,4 +385,4 @@ def _download_with_torchvision(class_name: str, root: Path, **kwargs: str) -> No
     getattr(torchvision.datasets, class_name)(str(root), download=True, **kwargs)
 
 
-DATASET_NAMES = tuple(DATASETS.names())
+DATASET_NAMES = tuple(DATASETS.names())  # the image datasets (``orchestrator.data`` adds csv to the registry)

@@ -242,6 +242,33 @@ def lognormal(
     return _parts_from_owner(_owner_from_class_counts(class_ids, counts, rng), num_clients)
 
 
+class NaturalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_group_size: int = Field(1, ge=1, description="groups with fewer training samples are left out")
+
+
+@PARTITION_SCHEMES.register_function("natural", NaturalParams, needs_groups=True)
+def natural(
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, groups: np.ndarray, min_group_size: int = 1
+) -> list[np.ndarray]:
+    """Natural partition: one client per value of the data's group column (a US state, a writer, a role).
+
+    Residual reweighting's LOAN federation puts each US state on its own client (§4.1); LEAF's FEMNIST and
+    Shakespeare split by writer and speaking role. Groups with fewer than ``min_group_size`` training samples
+    are left out (their samples train nobody); the others become clients in order of the group value, so
+    ``clients.num_clients`` must equal their number. Deterministic: ``rng`` is not used.
+    """
+    _class_ids_and_sizes(labels, num_clients)
+    group_ids, sizes = np.unique(groups, return_counts=True)
+    kept = group_ids[sizes >= min_group_size]
+    if len(kept) != num_clients:
+        raise ValueError(
+            f"the data has {len(kept)} groups with at least {min_group_size} training samples; set "
+            f"clients.num_clients to {len(kept)} (one client per group)"
+        )
+    return [np.flatnonzero(groups == group).astype(np.int64) for group in kept]
+
+
 def label_histograms(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
     """Per-client class counts, shape (num_clients, num_classes), int64; labels must lie in 0..num_classes-1."""
     labels = np.asarray(labels)

@@ -11,6 +11,7 @@ Constructors draw their initial weights from torch's global RNG, so the caller s
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -33,22 +34,27 @@ class MlpParams(DropoutParams):
     )
 
 
+def _require_images(model: str, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 3:
+        raise ValueError(f"{model} takes images (channels, height, width), got inputs of shape {tuple(input_shape)}; "
+                         "use mlp for tabular rows")
+
+
 def _dropout(rate: float, name: str) -> dict[str, nn.Module]:
     """A dropout layer only when asked for: without one, the layers and their names are those of before."""
     return {name: nn.Dropout(rate)} if rate > 0 else {}
 
 
 @MODELS.register_function("mlp", MlpParams)
-def _mlp(input_shape: tuple[int, int, int], num_classes: int, params: MlpParams) -> nn.Module:
+def _mlp(input_shape: tuple[int, ...], num_classes: int, params: MlpParams) -> nn.Module:
     """MLP, flatten -> 200 -> 200 -> classes (ReLU); for digits (8x8), any input shape.
 
     ``hidden`` sets the widths: ``[46, 23]`` with 9 classes is the LOAN network of "Attack-Resistant
     Federated Learning with Residual-based Reweighting" (App. A.2: three fully connected layers of 46, 23
     and 9 channels); FedRA's Adult model is "a three-layer feed-forward network" with dropout 0.2 (§5.1),
-    widths unstated. Dropout, when set, follows every hidden ReLU."""
-    channels, height, width = input_shape
+    widths unstated. Dropout, when set, follows every hidden ReLU. Takes images or tabular rows."""
     layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
-    widths = [channels * height * width, *params.hidden]
+    widths = [math.prod(input_shape), *params.hidden]
     for index, (inputs, outputs) in enumerate(zip(widths, widths[1:]), start=1):
         layers |= {f"fc{index}": nn.Linear(inputs, outputs), f"relu{index}": nn.ReLU()}
         layers |= _dropout(params.dropout, f"drop{index}")
@@ -62,6 +68,7 @@ def _two_conv_net(input_shape: tuple[int, int, int], num_classes: int, kernel_si
     Convolutions are zero-padded to keep the spatial size, so only the two poolings shrink the image and
     the flattened size is 64·⌊H/4⌋·⌊W/4⌋; any image of at least 4×4 pixels works.
     """
+    _require_images("cnn / cifar_cnn", input_shape)
     channels, height, width = input_shape
     if height < 4 or width < 4:
         raise ValueError(f"this CNN needs images of at least 4x4 pixels, got input_shape {input_shape}")
@@ -114,6 +121,7 @@ def _resnet18(input_shape: tuple[int, int, int], num_classes: int, params: NoPar
     the first block, so the first convolution becomes 3×3 stride 1 without bias (initialised like
     torchvision's own convolutions) and the max-pooling is dropped.
     """
+    _require_images("resnet18", input_shape)
     import torchvision.models  # here: importing torchvision costs every actor process about a second
 
     model = torchvision.models.resnet18(num_classes=num_classes)
@@ -131,6 +139,7 @@ def _residual_cnn(input_shape: tuple[int, int, int], num_classes: int, params: N
     image sizes (28 -> 24 -> 12 -> 8 -> 4) fix unpadded convolutions and 2x2 max-pooling; it names no
     activation, so ReLU follows each convolution and fc1 (our choice). Needs images of at least 16x16.
     """
+    _require_images("residual_cnn", input_shape)
     channels, height, width = input_shape
     if min(height, width) < 16:
         raise ValueError(f"residual_cnn needs images of at least 16x16 pixels, got input_shape {input_shape}")

@@ -20,16 +20,34 @@ from byzlab.orchestrator.specs.threat import ThreatSpec, resolve_threat
 
 def load_configured_dataset(cfg: ExperimentConfig) -> Dataset:
     data = cfg.data
-    return load_dataset(data.dataset, data.data_root, data.download, **data.parameters())
+    try:
+        return load_dataset(data.dataset, data.data_root, data.download, **data.parameters())
+    except ValueError as err:  # the files' content does not fit the configured columns, classes or split
+        raise ConfigError(f"data: {err}") from None
 
 
-def make_partition(cfg: ExperimentConfig, labels: np.ndarray) -> list[np.ndarray]:
+def make_partition(cfg: ExperimentConfig, dataset: Dataset) -> list[np.ndarray]:
     partitioner = PARTITION_SCHEMES.get(cfg.partition.scheme)
     rng = numpy_rng(cfg.run.seed, Stream.PARTITION)
+    extra = {}
+    if getattr(partitioner, "needs_groups", False):
+        if dataset.train_groups is None:
+            raise ConfigError(f"partition: scheme '{cfg.partition.scheme}' needs a group column in the data "
+                              f"(data.group_column of dataset csv); {dataset.name} has none")
+        extra["groups"] = dataset.train_groups
     try:
-        return partitioner(labels, cfg.clients.num_clients, rng, **cfg.partition.parameters())
+        return partitioner(dataset.train_y, cfg.clients.num_clients, rng, **cfg.partition.parameters(), **extra)
     except ValueError as err:
         raise ConfigError(f"partition: {err}") from None
+
+
+def _check_images(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatSpec) -> None:
+    """Pixel triggers need images; so does other data shaped into the model's input."""
+    if dataset.is_images:
+        return
+    if threat.data_attack is not None and threat.data_attack.needs_images:
+        raise ConfigError(f"threat.attack '{cfg.threat.attack}' stamps a pixel trigger and needs images; "
+                          f"{dataset.name} holds rows of shape {dataset.input_shape}")
 
 
 @dataclass
@@ -52,6 +70,7 @@ class RunInputs:
 def resolve_inputs(cfg: ExperimentConfig) -> RunInputs:
     dataset, server_data = prepare_server_data(cfg, load_configured_dataset(cfg))
     threat = resolve_threat(cfg.threat, cfg.run.seed, cfg.clients.num_clients)
-    parts = make_partition(cfg, dataset.train_y)
+    _check_images(cfg, dataset, threat)
+    parts = make_partition(cfg, dataset)
     return RunInputs(dataset, parts, threat, server_data, client_spec(cfg, dataset, threat),
                      server_spec(cfg, dataset, threat))

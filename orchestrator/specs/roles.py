@@ -32,7 +32,7 @@ def local_recipe(clients: ClientsConfig) -> LocalRecipe:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     params: dict[str, Any] = field(default_factory=dict)
 

@@ -101,6 +101,11 @@ def prepare_server_data(cfg: ExperimentConfig, dataset: Dataset) -> tuple[Datase
     held-out proxy slice, if any). A rule's ``needs`` names ``proxy_data`` / ``public_data`` if it reads them."""
     rule = aggregator_class(cfg.server.aggregator)
     data, server_data = cfg.data, ServerData()
+    if not dataset.is_images and ("public_data" in rule.needs or (
+            "proxy_data" in rule.needs and cfg.server.proxy_data.source != "holdout")):
+        raise ConfigError(f"server.aggregator '{cfg.server.aggregator}': its server data is images shaped like the "
+                          f"clients' inputs, but {dataset.name} holds rows; use server.proxy_data.source: holdout "
+                          "(or a rule without public data)")
     if "proxy_data" in rule.needs:
         dataset, server_data.proxy = take_proxy_data(
             cfg.server.proxy_data, dataset, numpy_rng(cfg.run.seed, Stream.PROXY_DATA),

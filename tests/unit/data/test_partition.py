@@ -159,7 +159,7 @@ def test_invalid_arguments_raise_naming_the_parameter(call, message):
 
 
 def test_every_scheme_lists_its_parameters():
-    assert PARTITION_SCHEMES.names() == ["iid", "dirichlet", "shards", "lognormal"]
+    assert PARTITION_SCHEMES.names() == ["iid", "dirichlet", "shards", "lognormal", "natural"]
     assert PARTITION_SCHEMES.describe("dirichlet").splitlines()[1:] == [
         "beta=0.5: concentration (smaller = more label skew)",
         "min_samples=10: redraw until every client has this many",
