@@ -1,6 +1,8 @@
 """Tabular data end to end: a Lending-Club-style CSV, one client per US state (the residual reweighting
 paper's LOAN federation, §4.1), its three-layer network (App. A.2: 46, 23 and the classes)."""
 
+from pathlib import Path
+
 import pytest
 
 from byzlab.orchestrator.config import build_config
@@ -28,3 +30,13 @@ def test_a_natural_federation_learns_and_a_robust_rule_withstands_the_attack(tmp
     assert clean.summary["acc_last5_mean"] > 0.8  # three classes, the largest holds 37% of the rows
     assert mean.summary["acc_last5_mean"] < 0.6
     assert median.summary["acc_last5_mean"] > mean.summary["acc_last5_mean"] + 0.2
+
+
+def test_the_readme_tabular_example_runs(tmp_path, monkeypatch):
+    """`byzlab run examples/loan-tiny.yaml` from the repository root (its csv_path is relative)."""
+    from byzlab.orchestrator.config import load_config
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    cfg = load_config("examples/loan-tiny.yaml", [f"run.output_dir={tmp_path}", "tracking.enabled=false"])
+    assert (cfg.data.dataset, cfg.partition.scheme, cfg.server.aggregator) == ("csv", "natural", "median")
+    assert run_experiment(cfg).summary["acc_last5_mean"] > 0.7
