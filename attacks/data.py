@@ -437,3 +437,81 @@ class DBA(_TriggerAttack[DBAParams]):
 
     def local_trigger(self, attacker: int, num_attackers: int) -> Trigger:
         return self.part_trigger(attacker % self.params.num_parts)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Feature-value triggers (tabular rows)
+
+
+class FeatureBackdoorParams(AttackParams):
+    features: list[str] = Field(
+        default_factory=list,
+        description="encoded feature names the trigger sets: a numeric column's name, or <column>_<category> "
+        "for a one-hot encoded one",
+    )
+    margin: float = Field(
+        1.0, gt=0,
+        description="how far above the feature's maximum the trigger value lies, in standardised units "
+        "(residual paper App. A.5: 'slightly larger than their maximum value')",
+    )
+    target: int = Field(0, ge=0, description="backdoor target class id")
+    poisoned_per_batch: int = Field(
+        20, ge=0, description="triggered samples per minibatch, min with the batch size (App. A.5: 20 of 64)"
+    )
+    local_epochs: int | None = Field(None, ge=1, description="the attacker's local epochs; None = the clients'")
+    lr: float | None = Field(
+        None, gt=0.0, description="the attacker's local learning rate; None = the clients' (App. A.5, LOAN: 0.002)"
+    )
+
+
+@register
+class FeatureBackdoor(DataAttack[FeatureBackdoorParams]):
+    """Feature-value backdoor on tabular rows ("Attack-Resistant Federated Learning with Residual-based
+    Reweighting", App. A.5, LOAN: six features set "slightly larger than their maximum value"): the first
+    ``poisoned_per_batch`` rows of every attacked minibatch get each trigger feature set to its maximum over
+    the rows the hook is given plus ``margin``, and the label ``target``.
+
+    The trigger is defined on the encoded features (numeric columns are standardised, so ``margin`` is in
+    standard deviations). :meth:`bind` maps the feature names to columns once the data is loaded."""
+
+    name = "feature_backdoor"
+    Params = FeatureBackdoorParams
+    needs_features = True
+
+    columns: list[int] | None = None
+
+    def bind(self, feature_names: tuple[str, ...], num_classes: int) -> None:
+        """Resolve the trigger's feature names to column indices; ValueError naming what is wrong."""
+        if not self.params.features:
+            raise ValueError(f"features: name at least one; the encoded features are: {', '.join(feature_names)}")
+        unknown = [f for f in self.params.features if f not in feature_names]
+        if unknown:
+            raise ValueError(f"feature '{unknown[0]}' is not an encoded feature; they are: {', '.join(feature_names)}")
+        if self.params.target >= num_classes:
+            raise ValueError(f"target {self.params.target} is not a class id (0..{num_classes - 1})")
+        self.columns = [feature_names.index(f) for f in self.params.features]
+
+    def _triggered(self, x: torch.Tensor) -> torch.Tensor:
+        values = x[:, self.columns].amax(dim=0) + self.params.margin
+        triggered = x.clone()
+        triggered[:, self.columns] = values
+        return triggered
+
+    def poison_batch(
+        self, x: torch.Tensor, y: torch.Tensor, attacker: int, num_attackers: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        count = min(self.params.poisoned_per_batch, len(y))
+        if count == 0:
+            return x, y
+        x, y = x.clone(), y.clone()
+        x[:count] = self._triggered(x)[:count]  # the maximum is over the whole batch
+        y[:count] = self.params.target
+        return x, y
+
+    def triggered_test_set(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = y != self.params.target
+        return self._triggered(x)[keep], torch.full_like(y[keep], self.params.target)
+
+    def local_recipe_overrides(self) -> dict[str, Any]:
+        overrides = {"local_epochs": self.params.local_epochs, "lr": self.params.lr}
+        return {key: value for key, value in overrides.items() if value is not None}

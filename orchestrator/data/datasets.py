@@ -72,6 +72,7 @@ class Dataset:
     test_y: np.ndarray
     num_classes: int
     train_groups: np.ndarray | None = None
+    feature_names: tuple[str, ...] | None = None  # tabular rows: the encoded features' names
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -10,6 +10,7 @@ unseen category encodes as all zeros). An optional group column gives every trai
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,8 @@ def _load_csv(root: Path, download: bool, params: CsvParams) -> Dataset:
     if params.group_column is not None:
         groups = np.unique(_columns(train, [params.group_column])[:, 0].astype(str), return_inverse=True)[1]
     return Dataset("csv", np.ascontiguousarray(train_x), train_y, np.ascontiguousarray(test_x), test_y, num_classes,
-                   train_groups=None if groups is None else groups.astype(np.int64))
+                   train_groups=None if groups is None else groups.astype(np.int64),
+                   feature_names=_feature_names(encoder, features))
 
 
 def _resolve(root: Path, path: str) -> Path:
@@ -111,11 +113,21 @@ def _feature_encoder(numeric: list[int], categorical: list[int]):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    return ColumnTransformer([
+    return ColumnTransformer(verbose_feature_names_out=False, transformers=[
         ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
         ("categorical", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
                                       OneHotEncoder(handle_unknown="ignore", sparse_output=False)), categorical),
     ])
+
+
+def _feature_names(encoder, features: list[str]) -> tuple[str, ...]:
+    """The encoded columns' names: a numeric column's own name, ``<column>_<category>`` for a one-hot one.
+    (scikit-learn names the columns of an array input x0, x1, ...; they are mapped back to the CSV's names.)"""
+    names = []
+    for name in encoder.get_feature_names_out():
+        index, rest = re.fullmatch(r"x(\d+)(.*)", str(name)).groups()
+        names.append(features[int(index)] + rest)
+    return tuple(names)
 
 
 def _labels(train: pa.Table, test: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray, int]:

@@ -41,13 +41,23 @@ def make_partition(cfg: ExperimentConfig, dataset: Dataset) -> list[np.ndarray]:
         raise ConfigError(f"partition: {err}") from None
 
 
-def _check_images(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatSpec) -> None:
-    """Pixel triggers need images; so does other data shaped into the model's input."""
-    if dataset.is_images:
+def _fit_attack_to_data(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatSpec) -> None:
+    """Pixel triggers need images; feature-value triggers need named tabular features, and are bound to
+    their columns here, once, before the attack is shipped to the actors."""
+    attack = threat.data_attack
+    if attack is None:
         return
-    if threat.data_attack is not None and threat.data_attack.needs_images:
+    if attack.needs_images and not dataset.is_images:
         raise ConfigError(f"threat.attack '{cfg.threat.attack}' stamps a pixel trigger and needs images; "
                           f"{dataset.name} holds rows of shape {dataset.input_shape}")
+    if attack.needs_features:
+        if dataset.feature_names is None:
+            raise ConfigError(f"threat.attack '{cfg.threat.attack}' sets feature values and needs tabular rows "
+                              f"(dataset csv); {dataset.name} holds images")
+        try:
+            attack.bind(dataset.feature_names, dataset.num_classes)
+        except ValueError as err:
+            raise ConfigError(f"threat.attack_params: {err}") from None
 
 
 @dataclass
@@ -70,7 +80,7 @@ class RunInputs:
 def resolve_inputs(cfg: ExperimentConfig) -> RunInputs:
     dataset, server_data = prepare_server_data(cfg, load_configured_dataset(cfg))
     threat = resolve_threat(cfg.threat, cfg.run.seed, cfg.clients.num_clients)
-    _check_images(cfg, dataset, threat)
+    _fit_attack_to_data(cfg, dataset, threat)
     parts = make_partition(cfg, dataset)
     return RunInputs(dataset, parts, threat, server_data, client_spec(cfg, dataset, threat),
                      server_spec(cfg, dataset, threat))

@@ -40,3 +40,17 @@ def test_the_readme_tabular_example_runs(tmp_path, monkeypatch):
     cfg = load_config("examples/loan-tiny.yaml", [f"run.output_dir={tmp_path}", "tracking.enabled=false"])
     assert (cfg.data.dataset, cfg.partition.scheme, cfg.server.aggregator) == ("csv", "natural", "median")
     assert run_experiment(cfg).summary["acc_last5_mean"] > 0.7
+
+
+def test_a_feature_value_backdoor_succeeds_against_fedavg(tmp_path, loan_csv):
+    """Residual reweighting App. A.5 on LOAN: the trigger sets features above their maximum and asks for the
+    target class. The control run stamps the same trigger on the test rows but poisons no training row: its
+    rate is what the trigger alone does to the clean model."""
+    path = loan_csv(rows=1200)
+    backdoor = ["threat.fraction=0.2", "threat.attack=feature_backdoor", "threat.attack_params.features=[loan_amnt]",
+                "threat.attack_params.target=0", "threat.attack_params.local_epochs=5"]
+    attacked = _run(tmp_path / "attacked", path, *backdoor)
+    control = _run(tmp_path / "control", path, *backdoor, "threat.attack_params.poisoned_per_batch=0")
+    assert attacked.metrics.column("backdoor_asr").to_pylist()[-1] >= 0.8
+    assert control.metrics.column("backdoor_asr").to_pylist()[-1] <= 0.3
+    assert attacked.summary["acc_final"] >= 0.8
