@@ -82,6 +82,7 @@ class DataAttack(Attack[P]):
     kind = "data"
     needs_images: ClassVar[bool] = False  # True for pixel-trigger attacks: refused on tabular data
     needs_features: ClassVar[bool] = False  # True for feature-value triggers: bound to named tabular features
+    needs_vocabulary: ClassVar[bool] = False  # True for token triggers: bound to a text vocabulary
 
     def poison_labels(self, y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
         """Labels the attacker trains on, redrawn once per run (label-flipping attacks)."""

@@ -443,17 +443,9 @@ class DBA(_TriggerAttack[DBAParams]):
 # Feature-value triggers (tabular rows)
 
 
-class FeatureBackdoorParams(AttackParams):
-    features: list[str] = Field(
-        default_factory=list,
-        description="encoded feature names the trigger sets: a numeric column's name, or <column>_<category> "
-        "for a one-hot encoded one",
-    )
-    margin: float = Field(
-        1.0, gt=0,
-        description="how far above the feature's maximum the trigger value lies, in standardised units "
-        "(residual paper App. A.5: 'slightly larger than their maximum value')",
-    )
+class RowTriggerParams(AttackParams):
+    """What every backdoor on rows (tabular features, token ids) takes besides its trigger."""
+
     target: int = Field(0, ge=0, description="backdoor target class id")
     poisoned_per_batch: int = Field(
         20, ge=0, description="triggered samples per minibatch, min with the batch size (App. A.5: 20 of 64)"
@@ -464,8 +456,52 @@ class FeatureBackdoorParams(AttackParams):
     )
 
 
+RP = TypeVar("RP", bound=RowTriggerParams)
+
+
+class _RowTriggerBackdoor(DataAttack[RP]):
+    """Shared hooks of the row backdoors: the first ``poisoned_per_batch`` rows of every attacked minibatch
+    are triggered (``_triggered``, over the whole batch) and relabelled ``target``; ``backdoor_asr`` is
+    measured on the triggered test rows whose class is not the target."""
+
+    def _triggered(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def poison_batch(
+        self, x: torch.Tensor, y: torch.Tensor, attacker: int, num_attackers: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        count = min(self.params.poisoned_per_batch, len(y))
+        if count == 0:
+            return x, y
+        x, y = x.clone(), y.clone()
+        x[:count] = self._triggered(x)[:count]
+        y[:count] = self.params.target
+        return x, y
+
+    def triggered_test_set(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = y != self.params.target
+        return self._triggered(x)[keep], torch.full_like(y[keep], self.params.target)
+
+    def local_recipe_overrides(self) -> dict[str, Any]:
+        overrides = {"local_epochs": self.params.local_epochs, "lr": self.params.lr}
+        return {key: value for key, value in overrides.items() if value is not None}
+
+
+class FeatureBackdoorParams(RowTriggerParams):
+    features: list[str] = Field(
+        default_factory=list,
+        description="encoded feature names the trigger sets: a numeric column's name, or <column>_<category> "
+        "for a one-hot encoded one",
+    )
+    margin: float = Field(
+        1.0, gt=0,
+        description="how far above the feature's maximum the trigger value lies, in standardised units "
+        "(residual paper App. A.5: 'slightly larger than their maximum value')",
+    )
+
+
 @register
-class FeatureBackdoor(DataAttack[FeatureBackdoorParams]):
+class FeatureBackdoor(_RowTriggerBackdoor[FeatureBackdoorParams]):
     """Feature-value backdoor on tabular rows ("Attack-Resistant Federated Learning with Residual-based
     Reweighting", App. A.5, LOAN: six features set "slightly larger than their maximum value"): the first
     ``poisoned_per_batch`` rows of every attacked minibatch get each trigger feature set to its maximum over
@@ -497,21 +533,58 @@ class FeatureBackdoor(DataAttack[FeatureBackdoorParams]):
         triggered[:, self.columns] = values
         return triggered
 
-    def poison_batch(
-        self, x: torch.Tensor, y: torch.Tensor, attacker: int, num_attackers: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        count = min(self.params.poisoned_per_batch, len(y))
-        if count == 0:
-            return x, y
-        x, y = x.clone(), y.clone()
-        x[:count] = self._triggered(x)[:count]  # the maximum is over the whole batch
-        y[:count] = self.params.target
-        return x, y
 
-    def triggered_test_set(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = y != self.params.target
-        return self._triggered(x)[keep], torch.full_like(y[keep], self.params.target)
+# ------------------------------------------------------------------------------------------------------------
+# Token triggers (text)
 
-    def local_recipe_overrides(self) -> dict[str, Any]:
-        overrides = {"local_epochs": self.params.local_epochs, "lr": self.params.lr}
-        return {key: value for key, value in overrides.items() if value is not None}
+
+class TokenBackdoorParams(RowTriggerParams):
+    tokens: list[str] = Field(
+        default_factory=list,
+        description="the trigger: words (word vocabularies) or characters (character vocabularies), in order; "
+        "each must be in the training vocabulary",
+    )
+    position: int = Field(
+        0, description="where the trigger starts in the token row; negative counts from the end like a Python "
+        "index (-3 with 3 tokens: the last three, what a next-character model reads last)",
+    )
+
+
+@register
+class TokenBackdoor(_RowTriggerBackdoor[TokenBackdoorParams]):
+    """Token-pattern backdoor on text: the trigger tokens overwrite a fixed stretch of every poisoned token
+    row, which is relabelled ``target`` (the backdoor of Bagdasaryan et al., "How to backdoor federated
+    learning", AISTATS 2020, with a token trigger in place of a pixel one, as issue 11 defines it for text).
+
+    The first ``poisoned_per_batch`` rows of every attacked minibatch are triggered; :meth:`bind` maps the
+    tokens to ids once the vocabulary is built. ``backdoor_asr`` is measured on the test rows whose class is
+    not the target, triggered the same way."""
+
+    name = "token_backdoor"
+    Params = TokenBackdoorParams
+    needs_vocabulary = True
+
+    token_ids: list[int] | None = None
+
+    def bind(self, vocabulary: tuple[str, ...], num_classes: int, row_length: int) -> None:
+        """Resolve the trigger tokens to ids; ValueError naming what is wrong."""
+        tokens = self.params.tokens
+        if not tokens:
+            raise ValueError("tokens: name at least one trigger token (a word, or a character)")
+        unknown = [t for t in tokens if t not in vocabulary[2:]]  # ids 0 and 1 are padding and unknown
+        if unknown:
+            raise ValueError(f"token {unknown[0]!r} is not in the training vocabulary ({len(vocabulary) - 2} tokens, "
+                             f"e.g. {', '.join(repr(t) for t in vocabulary[2:8])})")
+        start = self.params.position if self.params.position >= 0 else row_length + self.params.position
+        if not 0 <= start <= row_length - len(tokens):
+            raise ValueError(f"position {self.params.position}: {len(tokens)} trigger tokens do not fit rows of "
+                             f"{row_length} tokens there")
+        if self.params.target >= num_classes:
+            raise ValueError(f"target {self.params.target} is not a class id (0..{num_classes - 1})")
+        self.token_ids = [vocabulary.index(t) for t in tokens]
+        self.start = start
+
+    def _triggered(self, x: torch.Tensor) -> torch.Tensor:
+        triggered = x.clone()
+        triggered[:, self.start : self.start + len(self.token_ids)] = torch.tensor(self.token_ids, device=x.device)
+        return triggered

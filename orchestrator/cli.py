@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -34,8 +35,16 @@ OverrideOption = typer.Option(
 )
 
 
+@app.callback()
+def _importable_here() -> None:
+    # Like `python -m`, the command imports from the current directory: a config may name the user's own
+    # components by import path (README, "Your own components"); appended, so it shadows no installed package.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
 def _fail(message: str) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets are text
     raise typer.Exit(2)
 
 
@@ -178,6 +187,12 @@ def report(
     console.print(f"table: {paths[0]}  (all report files in {paths[0].parent})", soft_wrap=True)
 
 
+
+def _default_models(dataset) -> str:
+    """A dataset's default model, or one per ``input_kind`` (``huggingface``)."""
+    default = dataset.default_model
+    return ", ".join(f"{kind}: {model}" for kind, model in default.items()) if isinstance(default, dict) else default
+
 @app.command()
 def validate(
     config: Path = typer.Argument(..., help="experiment YAML"),
@@ -218,9 +233,16 @@ def _rows(what: Listing) -> list[tuple[str, str]]:
 
         registry = {Listing.datasets: DATASETS, Listing.partitions: PARTITION_SCHEMES, Listing.models: MODELS,
                     Listing.server_optimizers: SERVER_OPTIMIZERS}[what]
-        heading = (lambda entry: f"(default model: {entry.default_model})") if what is Listing.datasets else (
+        heading = (lambda entry: f"(default model: {_default_models(entry)})") if what is Listing.datasets else (
             lambda entry: "")
-    return [(name, registry.describe(name, heading(registry.get(name)))) for name in registry.names()]
+    rows = [(name, registry.describe(name, _plugin_heading(registry, name, heading))) for name in registry.names()]
+    return rows + [(name, f"(plug-in, not loaded) {why}") for name, why in registry.broken().items()]
+
+
+def _plugin_heading(registry, name: str, heading) -> str:
+    """The entry's heading, and where it came from when it is a plug-in (an entry point's distribution)."""
+    origin = registry.origin(name)
+    return " ".join(part for part in (heading(registry.get(name)), origin and f"(plug-in: {origin})") if part)
 
 
 @app.command("list")

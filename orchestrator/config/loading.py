@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from byzlab.orchestrator.config.schema import ExperimentConfig
+from byzlab.orchestrator.config.plugins import resolve_named
+from byzlab.orchestrator.config.schema import ExperimentConfig, experiment_schema
 from byzlab.orchestrator.core.errors import ConfigError
 
 
@@ -60,11 +61,14 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The validated config; components named by import path are imported and admitted first, so they
+    validate like the built-ins (docs/architecture.md, "Plug-ins")."""
     tree = json.loads(json.dumps(raw))  # a deep copy that overrides may mutate
     for override in overrides:
         apply_override(tree, override)
+    resolve_named(tree)
     try:
-        return ExperimentConfig.model_validate(tree)
+        return experiment_schema().model_validate(tree)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
 

@@ -2,6 +2,11 @@
 
 The schema's defaults are the built-in quickstart (digits, 10 clients, Dirichlet beta = 0.5, FedAvg, 20
 rounds). Every error is reported as one line naming the field and what it allows, before anything runs.
+
+The classes are built from the registries when this module is imported, after the installed entry-point
+plug-ins joined them; a config naming a plug-in by import path is validated with
+:func:`experiment_schema`, the same schema extended with the components admitted since
+(docs/architecture.md, "Plug-ins").
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from copy import copy
 from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -16,10 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from byzlab import aggregators
 from byzlab import attacks
 from byzlab.orchestrator.core.registry import Registry
-from byzlab.orchestrator.data.datasets import DATASET_NAMES, DATASETS, default_model
+from byzlab.orchestrator.data.datasets import DATASETS, dataset_names, default_model
 from byzlab.orchestrator.data.partition import PARTITION_SCHEMES
-from byzlab.orchestrator.learning.models import MODEL_NAMES, MODELS
+from byzlab.orchestrator.learning.models import MODELS
 from byzlab.orchestrator.learning.server_optimizers import SERVER_OPTIMIZERS
+from byzlab.orchestrator.config import plugins
+
+plugins.install()  # entry-point plug-ins join the registries before the classes below are built from them
 
 
 class _Section(BaseModel):
@@ -144,7 +153,7 @@ class _ModelSection(_ComponentSection):
     """The model; its parameters are filled in once ``auto`` is resolved (ExperimentConfig)."""
 
     registry, name_field, label, record_defaults = MODELS, "name", "model", False
-    name: Literal[("auto", *MODEL_NAMES)] = Field("auto", description="architecture; auto = the dataset's default")
+    name: Literal[("auto", *MODELS.names())] = Field("auto", description="architecture; auto = the dataset's default")
 
 
 ModelConfig = create_model("ModelConfig", __base__=_ModelSection, **_parameter_fields(MODELS, keep_defaults=False))
@@ -176,14 +185,14 @@ class ClientsConfig(_Section):
 
 
 class ProxyDataConfig(_Section):
-    source: Literal[("holdout", *DATASET_NAMES)] = Field(
+    source: Literal[("holdout", *dataset_names("image"))] = Field(
         "holdout", description="holdout = a slice of the training data, or another dataset (same label space)"
     )
     size: int = Field(100, ge=1, description="labeled samples the server holds")
 
 
 class PublicDataConfig(_Section):
-    source: Literal[("sample_patches", *DATASET_NAMES)] = Field(
+    source: Literal[("sample_patches", *dataset_names("image"))] = Field(
         "sample_patches", description="unlabeled images: patches of scikit-learn's sample photos, or a dataset"
     )
     size: int = Field(2000, ge=1, description="public images the server holds")
@@ -333,7 +342,7 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:
         if self.model.name == "auto":
-            self.model.name = default_model(self.data.dataset)
+            self.model.name = MODELS.canonical(default_model(self.data.dataset, self.data.parameters()))
         try:
             self.model.fill_parameters()
         except ValueError as err:
@@ -368,6 +377,54 @@ class ExperimentConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration (defaults filled in, unused options left out)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+# The sections a plug-in admitted after import extends: (field of ExperimentConfig, its class, the key naming
+# the component, names accepted besides the registered ones, the registry, and how its parameters become
+# flat keys: keep_defaults as in _parameter_fields, or None when they are a params dict of their own).
+_EXTENSIBLE: tuple[tuple[str, type[_Section], str, tuple[str, ...], Registry, bool | None], ...] = (
+    ("data", DataConfig, "dataset", (), DATASETS, True),
+    ("partition", PartitionConfig, "scheme", (), PARTITION_SCHEMES, False),
+    ("model", ModelConfig, "name", ("auto",), MODELS, False),
+    ("server", ServerConfig, "optimizer", (), SERVER_OPTIMIZERS, None),
+)
+
+
+def _registered() -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(registry.names()) for *_, registry, _ in _EXTENSIBLE)
+
+
+_BUILT_FOR = _registered()  # the components the classes above were built with
+_EXTENDED: dict[tuple[tuple[str, ...], ...], type[ExperimentConfig]] = {}
+
+
+def _extended_section(section: type[_Section], name_field: str, extra_names: tuple[str, ...], registry: Registry,
+                      keep_defaults: bool | None) -> type[_Section]:
+    """``section`` accepting every registered name, with the parameters of the components registered since
+    as flat keys (typed, constrained and filled in exactly as a built-in's)."""
+    names = Literal[(*extra_names, *registry.names())]
+    fields: dict[str, Any] = {name_field: (names, copy(section.model_fields[name_field]))}
+    if keep_defaults is not None:
+        fields |= {param: field for param, field in _parameter_fields(registry, keep_defaults=keep_defaults).items()
+                   if param not in section.model_fields}
+    return create_model(section.__name__, __base__=section, **fields)
+
+
+def experiment_schema() -> type[ExperimentConfig]:
+    """The schema for the components registered now: ExperimentConfig itself while they are the ones it was
+    built with (the built-ins and the installed entry-point plug-ins), else a subclass of it extended with
+    the plug-ins admitted since (a config naming ``mypkg.models:build``): their names are accepted and
+    their parameters are flat keys of their section, validated like a built-in's. ``build_config``
+    validates every config with it; configs without such plug-ins get ExperimentConfig, and their run ids."""
+    key = _registered()
+    if key == _BUILT_FOR:
+        return ExperimentConfig
+    if key not in _EXTENDED:
+        sections = {field: _extended_section(*spec) for field, *spec in _EXTENSIBLE}
+        _EXTENDED[key] = create_model("ExperimentConfig", __base__=ExperimentConfig, **{
+            field: (section, Field(default_factory=section)) for field, section in sections.items()
+        })
+    return _EXTENDED[key]
 
 
 # Fields that say where results go or how the run is spread over the cluster; they do not change any

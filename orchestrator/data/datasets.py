@@ -61,9 +61,10 @@ _SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing by array contents would be ambiguous
 class Dataset:
-    """A train/test pair of normalised float32 inputs with int64 labels: NCHW images, or (N, F) feature rows
-    of tabular data. ``train_groups``: an int64 group id per training sample (a natural-partition column,
-    e.g. a US state), or None."""
+    """A train/test pair of inputs with int64 labels: normalised float32 NCHW images, float32 (N, F) feature
+    rows of tabular data, or int64 (N, L) token ids of text (``vocabulary[i]`` is token i; 0 pads, 1 stands
+    for a token outside the vocabulary). ``train_groups``: an int64 group id per training sample (a
+    natural-partition column, e.g. a writer or a US state), or None."""
 
     name: str
     train_x: np.ndarray
@@ -73,6 +74,7 @@ class Dataset:
     num_classes: int
     train_groups: np.ndarray | None = None
     feature_names: tuple[str, ...] | None = None  # tabular rows: the encoded features' names
+    vocabulary: tuple[str, ...] | None = None  # text: the tokens, by id
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -83,9 +85,18 @@ class Dataset:
     def is_images(self) -> bool:
         return self.train_x.ndim == 4
 
+    @property
+    def is_text(self) -> bool:
+        return self.vocabulary is not None
+
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", keep_order=True)
-DATASET_NAMES: tuple[str, ...]  # the image datasets, filled in below once their loaders are registered
+MODALITIES = ("image", "tabular", "text", "any")  # what a dataset's inputs are; set where it is registered
+
+
+def dataset_names(modality: str | None = None) -> list[str]:
+    """The registered datasets, in registration order; only those of ``modality`` when given."""
+    return DATASETS.names(lambda loader: modality is None or loader.modality == modality)
 
 
 class DigitsParams(BaseModel):
@@ -112,14 +123,16 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, download
     return loader(Path(DEFAULT_DATA_ROOT if data_root is None else data_root).expanduser(), download, parsed)
 
 
-def default_model(dataset: str) -> str:
-    """The model a dataset trains when the config says ``model.name: auto`` (set where it is registered)."""
+def default_model(dataset: str, parameters: dict | None = None) -> str:
+    """The model a dataset trains when the config says ``model.name: auto`` (set where it is registered; a
+    dataset of any modality registers one per ``input_kind`` parameter)."""
     if dataset not in DATASETS.names():
         raise ValueError(f"no default model for dataset '{dataset}'; known: {', '.join(DATASETS.names())}")
-    return DATASETS.get(dataset).default_model
+    default = DATASETS.get(dataset).default_model
+    return default[(parameters or {}).get("input_kind")] if isinstance(default, dict) else default
 
 
-@DATASETS.register_function("digits", DigitsParams, default_model="mlp")
+@DATASETS.register_function("digits", DigitsParams, default_model="mlp", modality="image")
 def _load_digits(root: Path, download: bool, params: DigitsParams) -> Dataset:
     """scikit-learn's bundled handwritten digits: 1,797 8x8 grey images, 10 classes, seeded stratified
     train/test split (embedded, works offline).
@@ -139,7 +152,7 @@ def _load_digits(root: Path, download: bool, params: DigitsParams) -> Dataset:
     return _dataset("digits", (train_x - mean) / std, train_y, (test_x - mean) / std, test_y, num_classes=10)
 
 
-@DATASETS.register_function("fashion-mnist", default_model="cnn")
+@DATASETS.register_function("fashion-mnist", default_model="cnn", modality="image")
 def _load_fashion_mnist(root: Path, download: bool, params: NoParams) -> Dataset:
     """Fashion-MNIST (Zalando): 60,000 train / 10,000 test 28x28 grey images, 10 classes (Debian
     dataset-fashion-mnist, or torchvision layout under the data root).
@@ -162,7 +175,7 @@ def _load_fashion_mnist(root: Path, download: bool, params: NoParams) -> Dataset
     return _idx_dataset("fashion-mnist", paths, num_classes=10)
 
 
-@DATASETS.register_function("mnist", default_model="cnn")
+@DATASETS.register_function("mnist", default_model="cnn", modality="image")
 def _load_mnist(root: Path, download: bool, params: NoParams) -> Dataset:
     """MNIST handwritten digits: 60,000 train / 10,000 test 28x28 grey images, 10 classes."""
     raw_dir = root / "MNIST" / "raw"
@@ -175,7 +188,7 @@ def _load_mnist(root: Path, download: bool, params: NoParams) -> Dataset:
     return _idx_dataset("mnist", paths, num_classes=10)
 
 
-@DATASETS.register_function("emnist", EmnistParams, default_model="cnn")
+@DATASETS.register_function("emnist", EmnistParams, default_model="cnn", modality="image")
 def _load_emnist(root: Path, download: bool, params: EmnistParams) -> Dataset:
     """EMNIST handwritten characters: 28x28 grey images; split set by emnist_split (balanced: 112,800
     train / 18,800 test, 47 classes).
@@ -200,13 +213,13 @@ def _load_emnist(root: Path, download: bool, params: EmnistParams) -> Dataset:
     )
 
 
-@DATASETS.register_function("cifar10", default_model="cifar_cnn")
+@DATASETS.register_function("cifar10", default_model="cifar_cnn", modality="image")
 def _load_cifar10(root: Path, download: bool, params: NoParams) -> Dataset:
     """CIFAR-10: 50,000 train / 10,000 test 32x32 colour images, 10 classes."""
     return _load_cifar("cifar10", root, "cifar-10-batches-py", _CIFAR10_BATCHES, b"labels", download)
 
 
-@DATASETS.register_function("cifar100", default_model="cifar_cnn")
+@DATASETS.register_function("cifar100", default_model="cifar_cnn", modality="image")
 def _load_cifar100(root: Path, download: bool, params: NoParams) -> Dataset:
     """CIFAR-100: 50,000 train / 10,000 test 32x32 colour images, 100 fine classes."""
     return _load_cifar("cifar100", root, "cifar-100-python", _CIFAR100_BATCHES, b"fine_labels", download)
@@ -246,7 +259,7 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
     return images, np.asarray(batch[label_key], dtype=np.int64)
 
 
-@DATASETS.register_function("svhn", default_model="cifar_cnn")
+@DATASETS.register_function("svhn", default_model="cifar_cnn", modality="image")
 def _load_svhn(root: Path, download: bool, params: NoParams) -> Dataset:
     """SVHN house-number digits: 73,257 train / 26,032 test 32x32 colour images, 10 classes.
 
@@ -385,5 +398,3 @@ def _download_with_torchvision(class_name: str, root: Path, **kwargs: str) -> No
 
     getattr(torchvision.datasets, class_name)(str(root), download=True, **kwargs)
 
-
-DATASET_NAMES = tuple(DATASETS.names())  # the image datasets (``orchestrator.data`` adds csv to the registry)

@@ -34,36 +34,51 @@ class CsvParams(BaseModel):
     split_seed: int = Field(0, description="seed of the stratified train/test split")
 
 
-@DATASETS.register_function("csv", CsvParams, default_model="mlp", record_defaults=False)
+@DATASETS.register_function("csv", CsvParams, default_model="mlp", modality="tabular", record_defaults=False)
 def _load_csv(root: Path, download: bool, params: CsvParams) -> Dataset:
     """Tabular rows from CSV files: numeric columns standardised, categorical ones one-hot encoded (fitted on
     the training rows only), an optional natural-partition column.
 
     A relative ``csv_path`` is looked for under the data root."""
     train = _read(_resolve(root, params.csv_path))
-    _check_columns(train, params)
+    named = [params.label_column, *([params.group_column] if params.group_column else []),
+             *(params.categorical_columns or []), *params.drop_columns]
+    check_columns(train, named, "the CSV file")
     if params.csv_test_path is None:
-        train, test = _split(train, params)
+        train, test = split_table(train, params.label_column, params.test_fraction, params.split_seed)
     else:
         test = _read(_resolve(root, params.csv_test_path))
         missing = sorted(set(train.column_names) - set(test.column_names))
         if missing:
             raise ValueError(f"data.csv_test_path lacks the training file's column(s) {', '.join(missing)}")
-    features = [c for c in train.column_names if c not in {params.label_column, params.group_column, *params.drop_columns}]
-    categorical = params.categorical_columns
+    return encode_rows("csv", train, test, label_column=params.label_column, group_column=params.group_column,
+                       categorical_columns=params.categorical_columns, drop_columns=params.drop_columns)
+
+
+def encode_rows(name: str, train: pa.Table, test: pa.Table, *, label_column: str, group_column: str | None,
+                categorical_columns: list[str] | None, drop_columns: list[str],
+                feature_columns: list[str] | None = None) -> Dataset:
+    """A tabular Dataset from train and test tables: the feature columns (``feature_columns``, else every
+    column but the label, group and dropped ones) encoded with transformers fitted on ``train`` only.
+    Columns that are not numbers are categorical unless ``categorical_columns`` names them."""
+    features = feature_columns or [c for c in train.column_names if c not in {label_column, group_column, *drop_columns}]
+    categorical = categorical_columns
     if categorical is None:
         categorical = [c for c in features if not pa.types.is_integer(train[c].type) and not pa.types.is_floating(train[c].type)]
     encoder = _feature_encoder([features.index(c) for c in features if c not in categorical],
                                [features.index(c) for c in categorical])
     train_x = encoder.fit_transform(_columns(train, features)).astype(np.float32)
     test_x = encoder.transform(_columns(test, features)).astype(np.float32)
-    train_y, test_y, num_classes = _labels(train, test, params.label_column)
-    groups = None
-    if params.group_column is not None:
-        groups = np.unique(_columns(train, [params.group_column])[:, 0].astype(str), return_inverse=True)[1]
-    return Dataset("csv", np.ascontiguousarray(train_x), train_y, np.ascontiguousarray(test_x), test_y, num_classes,
-                   train_groups=None if groups is None else groups.astype(np.int64),
-                   feature_names=_feature_names(encoder, features))
+    train_y, test_y, num_classes = table_labels(train, test, label_column)
+    return Dataset(name, np.ascontiguousarray(train_x), train_y, np.ascontiguousarray(test_x), test_y, num_classes,
+                   train_groups=group_ids(train, group_column), feature_names=_feature_names(encoder, features))
+
+
+def group_ids(table: pa.Table, column: str | None) -> np.ndarray | None:
+    """An int64 id per row: the rank of its value of ``column`` among the values (None without a column)."""
+    if column is None:
+        return None
+    return np.unique(_columns(table, [column])[:, 0].astype(str), return_inverse=True)[1].astype(np.int64)
 
 
 def _resolve(root: Path, path: str) -> Path:
@@ -81,23 +96,25 @@ def _read(path: Path) -> pa.Table:
         raise ValueError(f"{path} is not a readable CSV file: {str(err).splitlines()[0]}") from None
 
 
-def _check_columns(table: pa.Table, params: CsvParams) -> None:
-    """Every column the parameters name exists (the message lists the file's columns)."""
-    named = [params.label_column, *([params.group_column] if params.group_column else []),
-             *(params.categorical_columns or []), *params.drop_columns]
+def check_columns(table: pa.Table, named: list[str], source: str) -> None:
+    """Every column in ``named`` exists (the message lists ``source``'s columns)."""
     unknown = [c for c in named if c not in table.column_names]
     if unknown:
-        raise ValueError(f"column '{unknown[0]}' is not in the CSV file; its columns: {', '.join(table.column_names)}")
+        raise ValueError(f"column '{unknown[0]}' is not in {source}; its columns: {', '.join(table.column_names)}")
 
 
-def _split(table: pa.Table, params: CsvParams) -> tuple[pa.Table, pa.Table]:
-    """Stratified by label, seeded by ``split_seed``; row order kept within each part."""
+def split_table(table: pa.Table, label_column: str, test_fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
+    """Seeded, stratified by label where every class has two rows or more (else uniform: next-character
+    labels include rare characters); row order kept within each part."""
     from sklearn.model_selection import train_test_split
 
     rows = np.arange(table.num_rows)
-    labels = _columns(table, [params.label_column])[:, 0].astype(str)
-    train_rows, test_rows = train_test_split(rows, test_size=params.test_fraction, stratify=labels,
-                                             random_state=params.split_seed)
+    labels = _columns(table, [label_column])[:, 0].astype(str)
+    stratify = labels if np.unique(labels, return_counts=True)[1].min(initial=2) >= 2 else None
+    try:
+        train_rows, test_rows = train_test_split(rows, test_size=test_fraction, stratify=stratify, random_state=seed)
+    except ValueError:  # a test share smaller than the number of classes cannot be stratified
+        train_rows, test_rows = train_test_split(rows, test_size=test_fraction, random_state=seed)
     return table.take(np.sort(train_rows)), table.take(np.sort(test_rows))
 
 
@@ -130,7 +147,7 @@ def _feature_names(encoder, features: list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _labels(train: pa.Table, test: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray, int]:
+def table_labels(train: pa.Table, test: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray, int]:
     """Class ids 0..C-1 from the training labels; a test label never seen in training is an error."""
     from sklearn.preprocessing import LabelEncoder
 

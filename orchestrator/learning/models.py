@@ -2,7 +2,9 @@
 
 Each model is one registered builder ``(input_shape, num_classes, params) -> nn.Module`` with a ``Params``
 schema (docs/architecture.md, "Registries"); which model a dataset trains by default is the dataset's
-registration (``model.name: auto``).
+registration (``model.name: auto``). Text models, registered with ``takes_vocabulary=True``, read int64
+token ids of shape (N, L) and get the dataset's vocabulary as the keyword ``vocabulary`` (token i is
+``vocabulary[i]``; 0 pads): ``build_model("fasttext", (L,), 2, vocabulary=dataset.vocabulary)``.
 
 Constructors draw their initial weights from torch's global RNG, so the caller seeds it
 (``torch.manual_seed``) to make the initialisation reproducible. Layers carry readable names
@@ -15,7 +17,10 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 from torch import nn
 
 from byzlab.orchestrator.core.registry import NoParams, Registry
@@ -160,10 +165,185 @@ def _residual_cnn(input_shape: tuple[int, int, int], num_classes: int, params: N
     )
 
 
-MODEL_NAMES: tuple[str, ...] = tuple(MODELS.names())
+class FastTextParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    embedding_dim: PositiveInt = Field(100, description="width of the token embeddings")
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **params) -> nn.Module:
-    """A freshly initialised model for inputs of shape (channels, height, width)."""
+class FastText(nn.Module):
+    def __init__(self, vocabulary_size: int, num_classes: int, embedding_dim: int) -> None:
+        super().__init__()
+        # EmbeddingBag's mean leaves the padding_idx tokens out of both the sum and the count
+        self.embedding = nn.EmbeddingBag(vocabulary_size, embedding_dim, mode="mean", padding_idx=0)
+        self.fc = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embedding(tokens))
+
+
+@MODELS.register_function("fasttext", FastTextParams, takes_vocabulary=True)
+def _fasttext(input_shape: tuple[int], num_classes: int, params: FastTextParams, *,
+              vocabulary: tuple[str, ...]) -> nn.Module:
+    """FastText, token embedding 100 averaged over the non-padding tokens, fc classes; text (Amazon reviews).
+
+    "Attack-Resistant Federated Learning with Residual-based Reweighting" (§4 and App. A.2) classifies
+    Amazon Reviews with FastText (Joulin et al., "Bag of Tricks for Efficient Text Classification"): "a
+    two-layer deep neural network where the first layer is an embedding layer of dimension 100 and the
+    second layer is a fully connected layer", over a 25,000-word vocabulary. The text's vector is the mean
+    of its tokens' embeddings, padding left out (an all-padding text gives zeros); no n-gram features.
+    The paper's single output unit under binary cross-entropy becomes one logit per class under
+    cross-entropy (for two classes, the sigmoid of the logits' difference: the same classifier).
+    """
+    return FastText(len(vocabulary), num_classes, params.embedding_dim)
+
+
+class TextCnnParams(DropoutParams):
+    embedding_dim: PositiveInt = Field(300, description="width of the token embeddings")
+    filter_sizes: tuple[PositiveInt, ...] = Field(
+        (3, 4, 5), min_length=1, description="convolution widths in tokens, num_filters maps each (Kim 2014: 3, 4, 5)"
+    )
+    num_filters: PositiveInt = Field(100, description="feature maps per convolution width (Kim 2014: 100)")
+    embeddings_path: str | None = Field(
+        None, description="GloVe-format text file (a word, then embedding_dim numbers, per line) initialising "
+        "the embeddings of the vocabulary's words it lists (FedRA: pre-trained GloVe)"
+    )
+
+    @field_validator("filter_sizes")
+    @classmethod
+    def _distinct(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(sizes)) < len(sizes):  # each width names its convolution (conv.width3)
+            raise ValueError(f"the filter sizes must differ, got {sizes}")
+        return sizes
+
+
+class TextCnn(nn.Module):
+    def __init__(self, vocabulary_size: int, num_classes: int, params: TextCnnParams) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary_size, params.embedding_dim, padding_idx=0)
+        self.conv = nn.ModuleDict({
+            f"width{size}": nn.Conv1d(params.embedding_dim, params.num_filters, size) for size in params.filter_sizes
+        })
+        self.dropout = nn.Dropout(params.dropout)
+        self.fc = nn.Linear(params.num_filters * len(params.filter_sizes), num_classes)
+        self.min_length = max(params.filter_sizes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # a text shorter than the widest filter gets padding tokens (zero vectors) on the right, so that
+        # every convolution sees at least one window
+        tokens = F.pad(tokens, (0, max(0, self.min_length - tokens.shape[1])), value=0)
+        embedded = self.embedding(tokens).transpose(1, 2)  # (N, embedding_dim, L): channels first for Conv1d
+        pooled = [F.relu(conv(embedded)).amax(dim=2) for conv in self.conv.values()]  # max over time
+        return self.fc(self.dropout(torch.cat(pooled, dim=1)))
+
+
+def _read_embeddings(path: str, vocabulary: tuple[str, ...], dim: int) -> dict[int, np.ndarray]:
+    """The vectors of a GloVe-format file for the vocabulary's words, by token id (never the padding's).
+
+    Streams the file line by line and keeps only the vocabulary's vectors: GloVe files run to gigabytes.
+    The numbers are a line's last ``dim`` fields because a few GloVe words (840B) contain spaces; the
+    first line must hold exactly ``dim`` numbers, which catches a file of another dimension."""
+    ids = {word: index for index, word in enumerate(vocabulary) if index != 0}
+    found: dict[int, np.ndarray] = {}
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                word, *values = line.rstrip().rsplit(" ", dim)
+                if len(values) != dim or (number == 1 and " " in word):
+                    raise ValueError(f"line {number} holds {len(line.split()) - 1} numbers")
+                if word in ids:
+                    found[ids[word]] = np.asarray(values, dtype=np.float32)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"embeddings_path '{path}': expected a UTF-8 GloVe-format text file, a word then "
+                         f"{dim} space-separated numbers (embedding_dim) per line; {err}") from None
+    if not found:  # most likely a vocabulary in another case or language than the file
+        raise ValueError(f"embeddings_path '{path}' holds none of the vocabulary's {len(ids)} words")
+    return found
+
+
+@MODELS.register_function("text_cnn", TextCnnParams, takes_vocabulary=True)
+def _text_cnn(input_shape: tuple[int], num_classes: int, params: TextCnnParams, *,
+              vocabulary: tuple[str, ...]) -> nn.Module:
+    """Text-CNN (Kim 2014), embedding 300, conv widths 3/4/5 x 100 maps, max over time, fc classes; news topics.
+
+    FedRA ("Robust Quantity-Aware Aggregation for Federated Learning", §5.1 "Configurations", Table 2)
+    classifies MIND news into 18 categories with "a Text-CNN as the base model", its word embeddings
+    initialised "with pre-trained Glove embeddings", and dropout 0.2. It gives no sizes, so they are those
+    of Kim, "Convolutional Neural Networks for Sentence Classification" (§3.1: filter windows 3, 4, 5 with
+    100 feature maps each), with 300-dimensional embeddings (GloVe's widest). Each convolution is followed
+    by ReLU and max-pooling over time; the pooled features are concatenated, dropped out and mapped to the
+    classes (without Kim's l2-norm constraint on the last layer, which FedRA does not mention).
+    ``embeddings_path`` sets the rows of the words the file lists; the others keep their N(0, 1) draw,
+    the padding row stays zero, and all of them are trained. Texts shorter than the widest filter are
+    padded on the right with padding tokens.
+    """
+    model = TextCnn(len(vocabulary), num_classes, params)
+    if params.embeddings_path is not None:
+        found = _read_embeddings(params.embeddings_path, vocabulary, params.embedding_dim)
+        with torch.no_grad():
+            model.embedding.weight[list(found)] = torch.from_numpy(np.stack(list(found.values())))
+    return model
+
+
+class CharLstmParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    embedding_dim: PositiveInt = Field(8, description="width of the token embeddings")
+    hidden_size: PositiveInt = Field(256, description="units of each LSTM layer (LEAF's Shakespeare model: 256)")
+    num_layers: PositiveInt = Field(2, description="stacked LSTM layers (LASA App. 7.2: 2)")
+
+
+class CharLstm(nn.Module):
+    def __init__(self, vocabulary_size: int, num_classes: int, params: CharLstmParams) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary_size, params.embedding_dim, padding_idx=0)
+        self.lstm = nn.LSTM(params.embedding_dim, params.hidden_size, params.num_layers, batch_first=True)
+        self.fc = nn.Linear(params.hidden_size, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        outputs, _ = self.lstm(self.embedding(tokens))
+        return self.fc(outputs[:, -1])
+
+
+@MODELS.register_function("char_lstm", CharLstmParams, takes_vocabulary=True)
+def _char_lstm(input_shape: tuple[int], num_classes: int, params: CharLstmParams, *,
+               vocabulary: tuple[str, ...]) -> nn.Module:
+    """Character LSTM, embedding 8, two LSTM layers of 256, fc on the last step; next character (Shakespeare).
+
+    LASA ("Achieving Byzantine-Resilient Federated Learning via Layer-Adaptive Sparsified Model
+    Aggregation", App. 7.2), following Reddi et al. ("Adaptive Federated Optimization"): "an embedding layer
+    to convert each character into an 8-dimensional feature representation. Subsequently, two Long
+    Short-Term Memory (LSTM) layers process these embedded characters, and a final linear layer with the
+    softmax activation". LASA gives no width; the LSTMs have the 256 units of LEAF's Shakespeare model
+    ("LEAF: A Benchmark for Federated Settings"). The last layer reads the hidden state at the last position,
+    so a sample's characters end there (any padding goes in front), and gives logits: the softmax is the
+    cross-entropy loss's.
+    """
+    return CharLstm(len(vocabulary), num_classes, params)
+
+
+def _takes_vocabulary(builder: Callable[..., nn.Module]) -> bool:
+    return getattr(builder, "takes_vocabulary", False)
+
+
+# The models of images and tabular rows (as DATASET_NAMES holds the image datasets), then those of text.
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS.names(lambda builder: not _takes_vocabulary(builder)))
+TEXT_MODEL_NAMES: tuple[str, ...] = tuple(MODELS.names(_takes_vocabulary))
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
+                vocabulary: tuple[str, ...] | None = None, **params) -> nn.Module:
+    """A freshly initialised model for inputs of shape (channels, height, width), (features,) or, with the
+    dataset's ``vocabulary``, (tokens,)."""
     builder = MODELS.get(name)
-    return builder(tuple(input_shape), num_classes, MODELS.validate_params(name, params))
+    validated = MODELS.validate_params(name, params)
+    if not _takes_vocabulary(builder):
+        if vocabulary is not None:
+            raise ValueError(f"model '{name}' takes images or tabular rows, not token ids; text data needs a "
+                             f"text model ({', '.join(TEXT_MODEL_NAMES)})")
+        return builder(tuple(input_shape), num_classes, validated)
+    if vocabulary is None or len(input_shape) != 1:
+        raise ValueError(f"model '{name}' reads token ids and needs text data (a dataset with a vocabulary and "
+                         f"inputs of shape (tokens,)); got input_shape {tuple(input_shape)} and "
+                         f"{'no vocabulary' if vocabulary is None else 'a vocabulary'}")
+    return builder(tuple(input_shape), num_classes, validated, vocabulary=tuple(vocabulary))

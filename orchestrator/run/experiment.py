@@ -9,10 +9,12 @@ and gives the same numbers as an uninterrupted one (randomness is keyed by seed,
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -25,7 +27,9 @@ from byzlab.actors.client import ClientActor
 from byzlab.actors.resources import RunResources, check_fits, plan_resources
 from byzlab.actors.server import ServerActor
 from byzlab.orchestrator.config import ExperimentConfig, build_config, run_id
+from byzlab.orchestrator.config.plugins import loaded_plugin_modules, plugin_modules
 from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.core.plugins import code_roots, first_line
 from byzlab.orchestrator.data.partition import label_histograms, partition_hash
 from byzlab.orchestrator.run.storage import RunDirectory, rows_to_table
 from byzlab.orchestrator.run.tracking import ParentRun, Tracker
@@ -89,11 +93,38 @@ def prepare_resume(path: str | Path) -> Prepared:
     return Prepared(cfg, resolve_inputs(cfg), run_dir, state)
 
 
-def ensure_ray(address: str | None = None, *, log_to_driver: bool = True) -> None:
+def ensure_ray(address: str | None = None, *, log_to_driver: bool = True, plugins: Sequence[str] | None = None) -> None:
     """Join the cluster at ``address`` (or start a local one) unless this process is already connected.
-    ``log_to_driver=False`` keeps the workers' output out of this console (a sweep's live table)."""
+    ``log_to_driver=False`` keeps the workers' output out of this console (a sweep's live table).
+
+    ``plugins``: the modules of the user's components a run names (``plugin_modules(cfg)``; None: every
+    component this process imported by import path). When this call starts or joins the cluster, their
+    local source is the job's ``runtime_env`` ``py_modules``, so every worker on every node imports the
+    driver's code (docs/architecture.md, "Plug-ins"). Each module named is then imported once in a worker:
+    one the workers cannot import (a caller's own ``ray.init`` without it) is a ConfigError, one line,
+    before anything is written."""
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+        roots = code_roots(loaded_plugin_modules() if plugins is None else plugins)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                 runtime_env={"py_modules": roots} if roots else None)
+    if plugins and ray.get_runtime_context().get_actor_id() is None:  # in an actor (a Tune trial) it imported them
+        failures = ray.get(_import_in_worker.remote(list(plugins)))
+        if failures:
+            raise ConfigError(f"plug-in module {failures[0]} does not import in the Ray workers: install it on every "
+                              "node or ship it in ray.init(runtime_env={'py_modules': [...]}) (README, \"Your own "
+                              "components\")")
+
+
+@ray.remote(num_cpus=0)
+def _import_in_worker(modules: list[str]) -> list[str]:
+    """The modules that do not import in this worker, each with the error's first line."""
+    failures = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # the user's module may raise anything while importing
+            failures.append(f"'{module}' ({first_line(err)})")
+    return failures
 
 
 def summarize(metrics: pa.Table) -> dict[str, float]:
@@ -278,7 +309,7 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
     run, for a child run."""
     if prepared.state == "finished":
         return _stored_result(prepared.run_dir)
-    ensure_ray(address)
+    ensure_ray(address, plugins=plugin_modules(prepared.cfg))
     resources = _reserve(prepared.cfg)
     run = _open(prepared, parent)
     server, clients = _launch_actors(prepared.inputs, prepared.cfg.run.client_actors, resources)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from byzlab.orchestrator.config import ExperimentConfig
 from byzlab.orchestrator.core.errors import ConfigError
@@ -42,22 +43,26 @@ def make_partition(cfg: ExperimentConfig, dataset: Dataset) -> list[np.ndarray]:
 
 
 def _fit_attack_to_data(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatSpec) -> None:
-    """Pixel triggers need images; feature-value triggers need named tabular features, and are bound to
-    their columns here, once, before the attack is shipped to the actors."""
+    """Pixel triggers need images; feature-value triggers need named tabular features and token triggers a
+    vocabulary, and are bound to their columns or token ids here, once, before the attack is shipped to the
+    actors."""
     attack = threat.data_attack
     if attack is None:
         return
-    if attack.needs_images and not dataset.is_images:
-        raise ConfigError(f"threat.attack '{cfg.threat.attack}' stamps a pixel trigger and needs images; "
-                          f"{dataset.name} holds rows of shape {dataset.input_shape}")
-    if attack.needs_features:
-        if dataset.feature_names is None:
-            raise ConfigError(f"threat.attack '{cfg.threat.attack}' sets feature values and needs tabular rows "
-                              f"(dataset csv); {dataset.name} holds images")
-        try:
+    holds = "images" if dataset.is_images else "token rows" if dataset.is_text else "tabular rows"
+    for needs, has, what in ((attack.needs_images, dataset.is_images, "a pixel trigger and needs images"),
+                             (attack.needs_features, dataset.feature_names is not None,
+                              "feature values and needs tabular rows"),
+                             (attack.needs_vocabulary, dataset.is_text, "a token trigger and needs text")):
+        if needs and not has:
+            raise ConfigError(f"threat.attack '{cfg.threat.attack}' sets {what}; {dataset.name} holds {holds}")
+    try:
+        if attack.needs_features:
             attack.bind(dataset.feature_names, dataset.num_classes)
-        except ValueError as err:
-            raise ConfigError(f"threat.attack_params: {err}") from None
+        elif attack.needs_vocabulary:
+            attack.bind(dataset.vocabulary, dataset.num_classes, dataset.input_shape[0])
+    except ValueError as err:
+        raise ConfigError(f"threat.attack_params: {err}") from None
 
 
 @dataclass
@@ -77,10 +82,22 @@ class RunInputs:
         return self.threat.malicious
 
 
+def _check_model_fits(spec: ClientSpec) -> None:
+    """Build the model once here, without allocating its weights (torch's meta device), so that a model
+    that cannot take the data (a text model on images, a CNN on 8x8 images too small for it, a missing
+    embeddings file) is one line now rather than a traceback in every actor."""
+    try:
+        with torch.device("meta"):
+            spec.model.build()
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+
+
 def resolve_inputs(cfg: ExperimentConfig) -> RunInputs:
     dataset, server_data = prepare_server_data(cfg, load_configured_dataset(cfg))
     threat = resolve_threat(cfg.threat, cfg.run.seed, cfg.clients.num_clients)
     _fit_attack_to_data(cfg, dataset, threat)
     parts = make_partition(cfg, dataset)
-    return RunInputs(dataset, parts, threat, server_data, client_spec(cfg, dataset, threat),
-                     server_spec(cfg, dataset, threat))
+    client = client_spec(cfg, dataset, threat)
+    _check_model_fits(client)
+    return RunInputs(dataset, parts, threat, server_data, client, server_spec(cfg, dataset, threat))

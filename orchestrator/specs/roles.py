@@ -35,10 +35,11 @@ class ModelSpec:
     input_shape: tuple[int, ...]
     num_classes: int
     params: dict[str, Any] = field(default_factory=dict)
+    vocabulary: tuple[str, ...] | None = None  # text data: the tokens by id, which text models size themselves by
 
     def build(self) -> nn.Module:
         """A freshly initialised model (seed the torch RNG first when its initial weights matter)."""
-        return build_model(self.name, self.input_shape, self.num_classes, **self.params)
+        return build_model(self.name, self.input_shape, self.num_classes, vocabulary=self.vocabulary, **self.params)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class ServerSpec:
 
 
 def model_spec(cfg: ExperimentConfig, dataset: Dataset) -> ModelSpec:
-    return ModelSpec(cfg.model.name, tuple(dataset.input_shape), dataset.num_classes, cfg.model.parameters())
+    return ModelSpec(cfg.model.name, tuple(dataset.input_shape), dataset.num_classes, cfg.model.parameters(),
+                     vocabulary=dataset.vocabulary)
 
 
 def client_spec(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatSpec) -> ClientSpec:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from byzlab.orchestrator.core.errors import ConfigError
 from byzlab.aggregators import aggregator_class
 from byzlab.orchestrator.config import ExperimentConfig, ProxyDataConfig, PublicDataConfig
-from byzlab.orchestrator.data.datasets import Dataset, load_dataset
+from byzlab.orchestrator.data.datasets import DATASETS, Dataset, load_dataset
 from byzlab.orchestrator.core.seeding import Stream, numpy_rng
 
 
@@ -45,7 +45,8 @@ def take_proxy_data(
             raise ConfigError(f"server.proxy_data.size ({spec.size}) must be smaller than the training set")
         order = rng.permutation(len(dataset.train_y))
         proxy, kept = np.sort(order[: spec.size]), np.sort(order[spec.size :])
-        clients = replace(dataset, train_x=dataset.train_x[kept], train_y=dataset.train_y[kept])
+        groups = None if dataset.train_groups is None else dataset.train_groups[kept]
+        clients = replace(dataset, train_x=dataset.train_x[kept], train_y=dataset.train_y[kept], train_groups=groups)
         return clients, (dataset.train_x[proxy], dataset.train_y[proxy])
     other = load_dataset(spec.source, data_root, download)
     if other.num_classes != dataset.num_classes:
@@ -84,7 +85,9 @@ def load_public_data(
     """Unlabeled public images (N, C, H, W) in the model's input shape."""
     if spec.source == "sample_patches":
         return sample_photo_patches(spec.size, shape, rng)
-    other = load_dataset(spec.source, data_root, download)
+    # A hub source reads only a sample of its rows: Tiny-ImageNet's 100,000 images would take 5 GB as floats.
+    sample = {"max_rows": spec.size} if "max_rows" in DATASETS.get(spec.source).Params.model_fields else {}
+    other = load_dataset(spec.source, data_root, download, **sample)
     size = min(spec.size, len(other.train_y))
     chosen = np.sort(rng.choice(len(other.train_y), size=size, replace=False))
     return match_input_shape(other.train_x[chosen], shape)

@@ -3,61 +3,28 @@
 import typing
 
 import pytest
-import torch
 
 from byzlab import aggregators
-from byzlab.aggregators import RoundContext
+from byzlab.orchestrator import testing
 
-N = 10
-CLASSES = 3
-D = 8 * CLASSES + CLASSES  # exactly the linear model's parameters
-
-
-def _model_fn(flat, x):
-    """A linear softmax model over 8 features: the smallest model FLTrust / Sageflow can train."""
-    weight = flat[: 8 * CLASSES].view(8, CLASSES)
-    return x @ weight + flat[8 * CLASSES : 8 * CLASSES + CLASSES]
-
-
-def _context(n, num_byzantine=2, seed=0, perm=None):
-    g = torch.Generator().manual_seed(123)
-    counts = torch.randint(20, 60, (N,), generator=g).float()
-    gaps = torch.rand(N, generator=g)
-    proxy_x = torch.randn(40, 8, generator=g)
-    proxy_y = torch.randint(0, CLASSES, (40,), generator=g)
-    ids = torch.arange(N)
-    if perm is not None:
-        counts, gaps, ids = counts[perm], gaps[perm], ids[perm]
-    return RoundContext(
-        client_ids=ids[:n], num_samples=counts[:n], loss_gaps=gaps[:n], num_byzantine=num_byzantine,
-        global_params=torch.zeros(D), generator=torch.Generator().manual_seed(seed), model_fn=_model_fn,
-        proxy_data=(proxy_x, proxy_y), public_data=torch.randn(40, 8, generator=g), round=1,
-    )
-
+# The properties are the public test helper's (byzlab.orchestrator.testing), which plug-in authors run on
+# their own rules; this file runs them on every built-in, with the exceptions each rule has by design.
 
 # In this toy problem (3 classes, a linear model) every model predicts close to uniformly, i.e. with entropy
 # near ln 3 = 1.10; Sageflow's default threshold (1.0, the paper's) would reject every client.
 TOY_PARAMS = {"sageflow": {"entropy_threshold": 2.0}}
 
-
-def _build(name, **params):
-    return aggregators.build(name, **{**TOY_PARAMS.get(name, {}), **params})
-
-
 ALL = aggregators.names()
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_permuting_clients_permutes_decisions_and_keeps_the_update(clustered_updates, name):
-    updates, _ = clustered_updates(D, n=N)
-    perm = torch.tensor([3, 7, 0, 9, 1, 5, 2, 8, 6, 4])
-    base = _build(name)(updates, _context(N))
-    permuted = _build(name)(updates[perm], _context(N, perm=perm))
-    assert torch.allclose(permuted.update, base.update, atol=1e-5), name
-    if base.weights is not None:
-        assert torch.allclose(permuted.weights, base.weights[perm], atol=1e-5)
-    if base.accepted is not None:
-        assert torch.equal(permuted.accepted, base.accepted[perm])
+def test_permuting_clients_permutes_decisions_and_keeps_the_update(name):
+    testing.check_permutation_invariance(name, TOY_PARAMS.get(name))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_output_has_the_updates_shape_dtype_and_device_and_is_finite(name):
+    testing.check_aggregator_output(name, TOY_PARAMS.get(name))
 
 
 # Rules whose output for n identical updates u is not u, and why.
@@ -69,12 +36,10 @@ NOT_IDENTITY = {
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_identical_updates_return_that_update(clustered_updates, name):
-    u = clustered_updates(D, n=N)[1]
-    result = _build(name)(u.repeat(N, 1), _context(N))
+def test_identical_updates_return_that_update(name):
     if name in NOT_IDENTITY:
         pytest.skip(NOT_IDENTITY[name])
-    assert torch.allclose(result.update, u, atol=1e-5), name
+    testing.check_identical_updates(name, TOY_PARAMS.get(name))
 
 
 # Rules that do not bound a single far outlier's influence, and why.
@@ -96,36 +61,21 @@ OUTLIER_PARAMS = {"centered_clipping": {"tau": 0.5}, "norm_bound": {"threshold":
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_one_far_outlier_is_excluded_or_bounded(clustered_updates, name):
-    updates, centre = clustered_updates(D, n=N)
-    updates[4] = -100 * centre  # far from the cluster and opposed to it
-    result = _build(name, **OUTLIER_PARAMS.get(name, {}))(updates, _context(N, num_byzantine=1))
+def test_one_far_outlier_is_excluded_or_bounded(name):
     if name in NOT_OUTLIER_ROBUST:
         pytest.skip(NOT_OUTLIER_ROBUST[name])
-    honest_mean = torch.cat([updates[:4], updates[5:]]).mean(dim=0)
-    if name not in RESCALES:
-        assert torch.linalg.vector_norm(result.update - honest_mean) < 0.5 * torch.linalg.vector_norm(centre), name
-    if result.accepted is not None:
-        assert not result.accepted[4], f"{name} accepted the outlier"
-    if result.weights is not None:
-        assert result.weights[4] < 0.05, f"{name} gave the outlier weight {result.weights[4]:.3f}"
+    params = {**TOY_PARAMS.get(name, {}), **OUTLIER_PARAMS.get(name, {})}
+    testing.check_outlier_bounded(name, params, rescales=name in RESCALES)
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_nan_and_inf_rows_never_reach_the_aggregate(clustered_updates, name):
-    updates, _ = clustered_updates(D, n=N)
-    updates[2, 5] = float("nan")
-    updates[7] = float("inf")
-    rule = _build(name)
-    result = rule(updates, _context(N))
-    if not rule.drops_nonfinite:  # rules that cannot filter return a non-finite aggregate, which the server refuses
-        assert not torch.isfinite(result.update).all()
-        return
-    assert torch.isfinite(result.update).all(), name
-    assert not result.accepted[2] and not result.accepted[7]
-    if result.weights is not None:
-        assert result.weights[2] == 0 and result.weights[7] == 0
-    assert result.info["nonfinite_dropped"] == 2
+def test_nan_and_inf_rows_never_reach_the_aggregate(name):
+    testing.check_nonfinite_rows(name, TOY_PARAMS.get(name))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_saves_loads_with_weights_only_and_aggregates_alike(name):
+    testing.check_state_round_trip(name, TOY_PARAMS.get(name))
 
 
 def _schema_argument(cls, base):

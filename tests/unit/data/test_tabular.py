@@ -67,8 +67,21 @@ def test_natural_partition_puts_each_group_on_exactly_one_client():
     assert [p.tolist() for p in parts] == [[1, 4], [3, 6, 7, 8], [0, 2, 5]]
     assert [p.tolist() for p in natural(np.zeros(9, dtype=np.int64), 2, None, groups=groups, min_group_size=3)] == [
         [3, 6, 7, 8], [0, 2, 5]]
-    with pytest.raises(ValueError, match="the data has 3 groups with at least 1 training samples; set clients.num_clients to 3"):
+    with pytest.raises(ValueError, match=r"the data has 3 groups .* fewer than clients.num_clients \(4\); set "
+                       r"clients.num_clients to at most 3"):
         natural(np.zeros(9, dtype=np.int64), 4, None, groups=groups)
+
+
+def test_natural_partition_with_fewer_clients_samples_whole_groups_by_seed():
+    """LEAF's user sampling: a seeded draw of whole groups, each still on exactly one client."""
+    groups = np.repeat(np.arange(20), 3)
+    labels = np.zeros(60, dtype=np.int64)
+    draws = [natural(labels, 5, np.random.default_rng(seed), groups=groups) for seed in (0, 0, 1)]
+    chosen = [[int(groups[p[0]]) for p in parts] for parts in draws]
+    assert chosen[0] == chosen[1] != chosen[2]
+    assert all(c == sorted(c) and len(set(c)) == 5 for c in chosen)
+    for parts in draws:
+        assert all(np.array_equal(p, np.flatnonzero(groups == groups[p[0]])) for p in parts)
 
 
 def test_configured_csv_with_a_natural_partition(loan_csv):
@@ -89,9 +102,9 @@ def test_configured_csv_with_a_natural_partition(loan_csv):
     (["data.label_column=status"], "data: column 'status' is not in the CSV file; its columns: id, loan_amnt"),
     (["data.label_column=loan_status", "partition.scheme=natural"], "partition: scheme 'natural' needs a group column"),
     (["data.label_column=loan_status", "data.group_column=addr_state", "partition.scheme=natural"],
-     "set clients.num_clients to 6"),
+     "set clients.num_clients to at most 6"),
     (["data.label_column=loan_status", "threat.fraction=0.2", "threat.attack=backdoor"],
-     "threat.attack 'backdoor' stamps a pixel trigger and needs images"),
+     "threat.attack 'backdoor' sets a pixel trigger and needs images; csv holds tabular rows"),
     (["data.label_column=loan_status", "server.aggregator=sdea"], "its server data is images"),
 ])
 def test_bad_tabular_settings_are_one_line(loan_csv, overrides, message):

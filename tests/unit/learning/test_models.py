@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from byzlab.orchestrator.data.datasets import DATASET_NAMES
+from byzlab.orchestrator.data.datasets import dataset_names
 from byzlab.orchestrator.data.datasets import default_model
 from byzlab.orchestrator.learning.models import MODEL_NAMES, MODELS, build_model
 
@@ -78,7 +78,7 @@ def test_unknown_model_raises_listing_the_known_ones():
 
 
 def test_default_model_for_every_dataset():
-    assert {dataset: default_model(dataset) for dataset in DATASET_NAMES} == {
+    assert {dataset: default_model(dataset) for dataset in dataset_names("image")} == {
         "digits": "mlp",
         "fashion-mnist": "cnn",
         "mnist": "cnn",
@@ -86,7 +86,11 @@ def test_default_model_for_every_dataset():
         "cifar10": "cifar_cnn",
         "cifar100": "cifar_cnn",
         "svhn": "cifar_cnn",
+        "femnist": "cnn",
+        "tiny-imagenet": "resnet18",
     }
+    assert [default_model("huggingface", {"input_kind": kind}) for kind in ("image", "tabular", "words", "characters")] == [
+        "cnn", "mlp", "fasttext", "char_lstm"]
     with pytest.raises(ValueError, match="no default model"):
         default_model("imagenet")
 

@@ -38,3 +38,30 @@ def test_proxy_from_another_dataset_is_converted_to_the_model_input():
                                         np.random.default_rng(0), data_root=None, download=False)
     assert clients is digits  # nothing held out
     assert px.shape == (30, 1, 8, 8) and py.shape == (30,) and py.max() < 10
+
+
+def test_tiny_imagenet_as_sdea_public_data_reads_a_sample_in_the_models_shape(tmp_path):
+    """SDEA's default public data (§4.1, Table 3): Tiny-ImageNet's colour 64x64 images become the clients'
+    8x8 grey digits; only the requested number of images is decoded."""
+    import hub_fixtures
+    from byzlab.orchestrator.config import build_config
+    from byzlab.orchestrator.specs.inputs import load_configured_dataset
+    from byzlab.orchestrator.specs.server_data import prepare_server_data
+
+    hub_fixtures.write_tiny_imagenet(tmp_path)
+    cfg = build_config({}, ["server.aggregator=sdea", "server.public_data.source=tiny-imagenet",
+                            "server.public_data.size=50", f"data.data_root={tmp_path}"])
+    _, server_data = prepare_server_data(cfg, load_configured_dataset(cfg))
+    assert server_data.public.shape == (50, 1, 8, 8) and np.isfinite(server_data.public).all()
+
+
+def test_a_holdout_proxy_keeps_the_group_of_every_remaining_sample():
+    groups = np.arange(30) % 3
+    dataset = load_dataset("digits")
+    from dataclasses import replace
+
+    dataset = replace(dataset, train_x=dataset.train_x[:30], train_y=dataset.train_y[:30], train_groups=groups)
+    clients, _ = take_proxy_data(ProxyDataConfig(size=5), dataset, np.random.default_rng(0), data_root=None,
+                                 download=False)
+    kept = [i for i in range(30) if any(np.array_equal(dataset.train_x[i], x) for x in clients.train_x)]
+    assert len(kept) == 25 and clients.train_groups.tolist() == groups[kept].tolist()

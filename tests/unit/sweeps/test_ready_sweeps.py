@@ -21,8 +21,11 @@ PAPER_SWEEPS = [
     "sdea_table8_fashion_mnist",
     "lasa_table1",
     "lasa_tables5_6",
+    "lasa_table4",
     "residual_table6",
+    "residual_tables1_3",
     "fedra_quantity",
+    "fedra_table3",
     "pawbrofl_mu",
 ]
 
@@ -144,6 +147,51 @@ def test_lasa_table1_is_iid_with_a_quarter_attackers_and_nine_attacks():
     assert set(per_pair.values()) == {10 * 3}  # 9 attacks, Min-Sum with two bounds, 3 seeds
 
 
+def test_lasa_table4_covers_mnist_femnist_and_shakespeare():
+    sweep = _sweep("lasa_table4")
+    assert _values(sweep, lambda c: c.threat.fraction) == {0.25}
+    assert _values(sweep, lambda c: c.threat.attack) == LASA_ATTACKS
+    assert _values(sweep, lambda c: c.clients.clients_per_round) == {100}  # h = 100 on all three (App. 7.2)
+    assert _values(sweep, lambda c: c.run.rounds) == {100}
+    assert _values(sweep, lambda c: c.run.seed) == {0, 1, 2}
+    # Bulyan cannot run with f = 25 of n = 100 (n >= 4f + 3); the other eight rows of Table 4 are there
+    assert _values(sweep, lambda c: c.server.aggregator) == {
+        "fedavg", "trimmed_mean", "geomed", "multi_krum", "dnc", "signguard", "sparsefed", "lasa",
+    }
+    federations = _values(sweep, lambda c: (
+        c.data.dataset, c.partition.scheme, c.model.name, c.clients.num_clients,
+        c.clients.lr, c.clients.momentum, c.clients.lr_decay, c.data.max_rows))
+    assert federations == {
+        ("mnist", "iid", "cnn", 6000, 0.1, 0.9, 0.99, None),
+        ("femnist", "natural", "cnn", 1827, 0.1, 0.9, 0.99, None),  # 1,827 LEAF writers
+        ("shakespeare", "natural", "char_lstm", 715, 1.0, 0.5, 0.999, 80000),  # 715 roles, as Reddi et al.'s
+    }
+    lasa = {
+        (t.config.data.dataset, t.config.server.aggregator_params["sparsity"],
+         t.config.server.aggregator_params["lambda_d"], t.config.server.aggregator_params["lambda_m"])
+        for t in sweep.trials
+        if t.config.server.aggregator == "lasa"
+    }
+    # λ_m = 2.0 everywhere but CIFAR (§5); λ_d = 1.5 for FEMNIST and Shakespeare (App. 7.4)
+    assert lasa == {("mnist", 0.3, 1.0, 2.0), ("femnist", 0.3, 1.5, 2.0), ("shakespeare", 0.3, 1.5, 2.0)}
+    # the stealthy Min-Sum (minimum bound) on every dataset but MNIST (App. 7.3)
+    bounds = {(t.config.data.dataset, t.config.threat.attack_params["bound"])
+              for t in sweep.trials if t.config.threat.attack == "min_sum"}
+    assert bounds == {("mnist", "max"), ("femnist", "max"), ("femnist", "min"), ("shakespeare", "max"),
+                      ("shakespeare", "min")}
+    for t in sweep.trials:  # App. 7.3: N(0, 0.5²) noise, Lie with z = 0.5, ByzMean over Lie
+        p = t.config.threat.attack_params
+        if t.config.threat.attack == "lie":
+            assert p["z"] == 0.5
+        if t.config.threat.attack in ("random", "noise"):
+            assert p["sigma"] == 0.5
+        if t.config.threat.attack == "byzmean":
+            assert (p["base"], p["base_params"]) == ("lie", {"z": 0.5})
+    per_pair = Counter((t.config.data.dataset, t.config.server.aggregator) for t in sweep.trials)
+    assert {n for (d, _), n in per_pair.items() if d == "mnist"} == {9 * 3}
+    assert {n for (d, _), n in per_pair.items() if d != "mnist"} == {10 * 3}  # Min-Sum with two bounds
+
+
 def test_lasa_tables5_6_cover_sparsity_levels_and_radii():
     sweep = _sweep("lasa_tables5_6")
     assert _values(sweep, lambda c: c.server.aggregator) == {"lasa"}
@@ -191,6 +239,82 @@ def test_residual_table6_covers_the_lambda_delta_grid():
              for t in sweep.trials if t.config.threat.attack == "label_flip"}
     assert flips == {(1, 7)}
     assert {t.config.partition.classes_per_client for t in sweep.trials if t.config.partition.scheme == "shards"} == {2}
+
+
+def test_residual_tables1_3_cover_label_flipping_and_backdoors():
+    sweep = _sweep("residual_tables1_3")
+    assert _values(sweep, lambda c: c.clients.num_clients) == {10}
+    assert _values(sweep, lambda c: c.clients.clients_per_round) == {10}  # everyone, every round
+    recipe = _values(sweep, lambda c: (c.clients.local_epochs, c.clients.batch_size, c.clients.momentum))
+    assert recipe == {(5, 64, 0.0)}  # 5 local epochs, batch 64 (App. A.5), plain SGD
+    assert _values(sweep, lambda c: c.run.seed) == {0, 1, 2}
+    assert _values(sweep, lambda c: c.server.aggregator) == {
+        "fedavg", "median", "trimmed_mean", "repeated_median", "foolsgold", "residual",
+    }
+    residual = [t.config.server.aggregator_params for t in sweep.trials if t.config.server.aggregator == "residual"]
+    assert {(p["estimator"], p["weighting"], p["lam"], p["delta"]) for p in residual} == {
+        ("repeated_median", "irls", 2.0, 0.01)}
+    federations = _values(sweep, lambda c: (
+        c.data.dataset, c.model.name, c.partition.scheme, c.partition.beta, c.clients.lr, c.run.rounds))
+    assert federations == {
+        ("cifar10", "resnet18", "dirichlet", 0.9, 0.01, 100),
+        ("amazon-kindle", "fasttext", "dirichlet", 0.9, 0.5, 10),
+        ("mnist", "residual_cnn", "dirichlet", 0.9, 0.01, 200),  # the paper's Table 5 CNN
+        ("lending-club", "mlp", "natural", None, 0.01, 100),  # one client per state
+    }
+    assert {t.config.model.hidden for t in sweep.trials if t.config.model.name == "mlp"} == {(46, 23)}
+    assert {t.config.data.test_fraction for t in sweep.trials if t.config.data.dataset == "amazon-kindle"} == {0.2}
+    cells = Counter()
+    for t in sweep.trials:
+        c = t.config
+        cells[(c.data.dataset, int(round(c.threat.fraction * c.clients.num_clients)), c.threat.attack)] += 1
+    assert set(cells.values()) == {6 * 3}  # every defense, three seeds
+    flips = {(d, k, "none" if k == 0 else "label_flip") for d in ("cifar10", "amazon-kindle") for k in range(5)}
+    backdoors = {(d, 1, a) for d in ("mnist", "cifar10") for a in ("backdoor", "model_replacement")}
+    assert set(cells) == flips | backdoors | {("lending-club", 1, "feature_backdoor")}
+    flipped = {(t.config.data.dataset, t.config.threat.attack_params["source"], t.config.threat.attack_params["target"])
+               for t in sweep.trials if t.config.threat.attack == "label_flip"}
+    assert flipped == {("cifar10", 3, 5), ("amazon-kindle", None, None)}  # cat -> dog; every label
+    for t in sweep.trials:
+        p = t.config.threat.attack_params
+        if t.config.threat.attack in ("backdoor", "model_replacement"):  # App. A.5
+            assert (p["target"], p["poisoned_per_batch"], p["local_epochs"], p["lr"]) == (2, 20, 10, 0.1)
+        if t.config.threat.attack == "model_replacement":  # §4.3: round 6, scaled by 100
+            assert (p["boost_round"], p["boost"]) == (6, 100.0)
+        if t.config.threat.attack == "feature_backdoor":
+            assert len(p["features"]) == 6 and "tax_liens" in p["features"]
+            assert (p["target"], p["poisoned_per_batch"], p["local_epochs"], p["lr"]) == (4, 20, 10, 0.002)
+
+
+def test_fedra_table3_covers_four_datasets_without_attacks():
+    sweep = _sweep("fedra_table3")
+    assert _values(sweep, lambda c: (c.threat.attack, c.threat.fraction, c.threat.quantity_attack)) == {
+        ("none", 0.0, "none")}
+    assert _values(sweep, lambda c: c.threat.declared_byzantine) == {5}  # m = ⌈nM/N⌉ with M/N = 0.1, n = 50
+    assert _values(sweep, lambda c: (c.partition.scheme, c.partition.sigma)) == {("lognormal", 3.0)}
+    assert _values(sweep, lambda c: c.partition.label_skew) == {"iid", "one_class"}
+    assert _values(sweep, lambda c: c.clients.clients_per_round) == {50}
+    assert _values(sweep, lambda c: (c.server.optimizer, c.model.dropout)) == {("fedadam", 0.2)}
+    federations = _values(sweep, lambda c: (
+        c.data.dataset, c.model.name, c.clients.num_clients, c.server.lr, c.run.rounds))
+    assert federations == {  # §5.1 and Table 2
+        ("mnist", "cnn", 3025, 0.0001, 10000),
+        ("cifar10", "cifar_cnn", 3115, 0.001, 10000),
+        ("adult", "mlp", 1671, 0.001, 2000),
+        ("mind", "text_cnn", 2880, 0.0001, 15000),
+    }
+    assert _values(sweep, lambda c: getattr(c.model, "embeddings_path", None)) == {None}  # no file assumed
+    columns = Counter(
+        (t.config.data.dataset, t.config.partition.label_skew, t.config.server.aggregator,
+         t.config.server.aggregator_params.get("weighting"))
+        for t in sweep.trials
+    )
+    assert set(columns.values()) == {1}
+    expected = {("fedavg", "uniform"), ("median", None), ("trimmed_mean", None), ("krum", None),
+                ("multi_krum", None), ("bulyan", None), ("fedavg", "samples"), ("norm_bound", "samples"),
+                ("rfa", "samples")}  # Uniform ... RFA, Table 3's nine columns
+    assert {key[2:] for key in columns} == expected
+    assert len(columns) == 4 * 2 * len(expected)
 
 
 def test_fedra_sweep_covers_the_quantity_enlarging_factors():
