@@ -14,9 +14,10 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
+# The two slowest examples are left to `-m slow`; the tests below take their data paths in fewer rounds.
 @pytest.mark.parametrize("example, dataset, model, floor", [
-    ("shakespeare-tiny", "shakespeare", "char_lstm", 0.5),  # the most frequent character is 18% of the labels
-    ("femnist-tiny", "femnist", "cnn", 0.6),  # ten classes
+    pytest.param("shakespeare-tiny", "shakespeare", "char_lstm", 0.5, marks=pytest.mark.slow),  # top character: 18%
+    pytest.param("femnist-tiny", "femnist", "cnn", 0.6, marks=pytest.mark.slow),  # ten classes
     ("amazon-tiny", "amazon-kindle", "fasttext", 0.9),  # two balanced classes
     ("adult-tiny", "adult", "mlp", 0.8),  # the larger class holds 58% of the rows
 ])
@@ -58,7 +59,7 @@ def test_characters_a_robust_rule_withstands_what_breaks_fedavg(tmp_path):
 def test_images_a_robust_rule_withstands_what_breaks_fedavg(tmp_path):
     root = tmp_path / "data"
     hub_fixtures.write_femnist(root, writers=8, per_writer=60)
-    setting = ["data.dataset=femnist", "partition.scheme=natural", "clients.num_clients=8", "model.name=cnn",
+    setting = ["data.dataset=femnist", "partition.scheme=natural", "clients.num_clients=8", "model.name=residual_cnn",
                "clients.local_epochs=3", "clients.batch_size=16", "run.rounds=6", "threat.fraction=0.25",
                "threat.attack=sign_flip", "threat.attack_params.scale=4"]
     fedavg = _run(tmp_path, root, "fedavg", *setting)

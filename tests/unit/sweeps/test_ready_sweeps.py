@@ -360,3 +360,10 @@ def test_pawbrofl_sweep_varies_mu():
         for c in pawbrofl
     )
     assert len(per_setting) == 2 * 5 * 2 * len(mus)
+
+
+@pytest.mark.parametrize("name", ["sdea_table4_cifar10", "sdea_table7_mnist", "sdea_table8_fashion_mnist"])
+def test_sdea_sweeps_use_tiny_imagenet_as_public_data(name):
+    """SDEA's default public data (§4.1, Table 3), 2,000 images of the hub copy."""
+    assert _values(_sweep(name), lambda c: (c.server.public_data.source, c.server.public_data.size)) == {
+        ("tiny-imagenet", 2000)}
