@@ -197,6 +197,17 @@ class Aggregator(Generic[P]):
         """Raise ValueError (one line: the rule, the constraint, the numbers) if the rule cannot run with
         ``num_clients`` updates per round of which ``num_byzantine`` are declared Byzantine."""
 
+    @classmethod
+    def tolerated_rows(cls, params: P, num_clients: int, num_byzantine: int) -> int:
+        """How many arbitrary rows -- any finite values, up to float32's largest, including exact duplicates
+        -- the rule withstands in a round of ``num_clients`` rows of which ``num_byzantine`` are declared
+        Byzantine: with at most that many, its output stays finite and on the honest rows' scale (its
+        breakdown point, as its docstring states). Past it the output follows the hostile rows in the way the
+        docstring describes. tests/unit/aggregators/test_hostile_rows.py checks both for every registered
+        rule. Default: the declared count; rules whose guarantee differs override it (``fedavg``: 0, the
+        coordinate-wise median: fewer than half, the clipping rules: any number)."""
+        return num_byzantine
+
     def __call__(self, updates: torch.Tensor, ctx: RoundContext, finite: torch.Tensor | None = None) -> AggregationResult:
         """Aggregate ``updates``; ``finite`` is the round's finite-row mask when the caller has it already
         (the server computes it once per round), else it is computed here."""

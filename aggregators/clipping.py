@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import Weighting, clip_scales, client_weights
+from byzlab.aggregators.numerics import Weighting, client_weights, clip_scales_wide, safe_row_norms
 from byzlab.aggregators.registry import register
 
 
@@ -55,16 +55,26 @@ class NormBound(Aggregator[NormBoundParams]):
     ``weights``: each client's share of the aggregate, ``w_i s_i / sum_j w_j s_j`` with s_i the clip factor
     (so ``update = (sum_j w_j s_j) * weights @ updates``): a clipped outlier's share shrinks with its norm.
     ``info["clipped"]``: number of updates that were scaled down.
+
+    Hostile rows (``tolerated_rows``: any number): every row contributes at most ``w_i M`` in norm, so the
+    aggregate's norm is at most M whatever the rows are (on the honest rows' scale as far as M is). Norms
+    of rows beyond ~1e19 per entry overflow float32's sum of squares; they are recomputed in float64
+    (``numerics.safe_row_norms``), and a row whose norm exceeds float32 itself is scaled by ``M / norm``
+    computed in float64, so it still contributes its clipped vector instead of nothing.
     """
 
     name = "norm_bound"
     Params = NormBoundParams
     needs = frozenset({"num_samples"})
 
+    @classmethod
+    def tolerated_rows(cls, params: NormBoundParams, num_clients: int, num_byzantine: int) -> int:
+        return num_clients
+
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         p = self.params
         weights = client_weights(p.weighting, ctx.num_samples, updates)
-        scales = clip_scales(torch.linalg.vector_norm(updates, dim=1), p.threshold)
+        scales = clip_scales_wide(safe_row_norms(updates), p.threshold, updates.dtype)
         update = (weights * scales) @ updates
         return AggregationResult(
             update=update, weights=_effective(weights, scales), info={"clipped": float((scales < 1).sum())}
@@ -121,11 +131,20 @@ class CenteredClipping(Aggregator[CenteredClippingParams]):
 
     ``weights``: relative influence in the last iteration, ``w_i c_i / sum_j w_j c_j`` with c_i the clip
     factor of client i. ``info``: ``clipped`` (updates clipped in the last iteration), ``center_norm``.
+
+    Hostile rows (``tolerated_rows``: any number): each iteration moves the centre by at most tau
+    (``||sum_i w_i c_i (x_i - v)|| <= tau``), so a round moves it by at most ``iterations * tau`` whatever
+    the rows are (the clip of the centered-clipping step bounds every difference it averages). Norms that
+    overflow float32 are recomputed in float64 (``numerics.safe_row_norms``).
     """
 
     name = "centered_clipping"
     Params = CenteredClippingParams
     needs = frozenset({"num_samples"})  # used with weighting = "samples"
+
+    @classmethod
+    def tolerated_rows(cls, params: CenteredClippingParams, num_clients: int, num_byzantine: int) -> int:
+        return num_clients
 
     def __init__(self, params: CenteredClippingParams) -> None:
         super().__init__(params)
@@ -147,7 +166,7 @@ class CenteredClipping(Aggregator[CenteredClippingParams]):
         scales = torch.ones(n, device=updates.device, dtype=updates.dtype)
         for _ in range(p.iterations):
             diff = updates - v
-            scales = clip_scales(torch.linalg.vector_norm(diff, dim=1), p.tau)
+            scales = clip_scales_wide(safe_row_norms(diff), p.tau, updates.dtype)
             v = v + (weights * scales) @ diff
             del diff
         if p.momentum > 0:

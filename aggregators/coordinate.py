@@ -18,9 +18,11 @@ from pydantic import Field
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
 from byzlab.aggregators.numerics import (
     coordinate_chunks,
+    coordinate_median,
+    lines_at_centre,
+    mean_rows,
     median_last,
     repeated_median_slopes,
-    sorted_median,
     trimmed_mean,
 )
 from byzlab.aggregators.registry import register
@@ -39,18 +41,24 @@ class CoordinateMedian(Aggregator[MedianParams]):
 
     For an even number of updates the median is the mean of the two middle values (the usual statistical
     definition, and what the residual-based-reweighting authors' code does), not the lower middle value that
-    ``torch.median`` returns: the lower one would bias the aggregate towards smaller values.
+    ``torch.median`` returns: the lower one would bias the aggregate towards smaller values. Two middle
+    values near float32's largest are halved before they are added, so their mean does not overflow.
+
+    Breakdown: fewer than n/2 arbitrary rows (Yin et al. §3: the median of each coordinate lies between two
+    honest values while fewer than half are corrupted), whatever f is declared. Past it the median of a
+    coordinate is a hostile value (or the mean of two), as large as the hostile rows: finite, within the
+    rows' coordinate range.
     """
 
     name = "median"
     Params = MedianParams
 
+    @classmethod
+    def tolerated_rows(cls, params: MedianParams, num_clients: int, num_byzantine: int) -> int:
+        return (num_clients - 1) // 2
+
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
-        n, d = updates.shape
-        out = torch.empty(d, device=updates.device, dtype=updates.dtype)
-        for cols in coordinate_chunks(d, n):
-            out[cols] = sorted_median(torch.sort(updates[:, cols], dim=0).values, dim=0)
-        return AggregationResult(update=out)
+        return AggregationResult(update=coordinate_median(updates))
 
 
 # ---------------------------------------------------------------------------------------- trimmed mean
@@ -93,10 +101,19 @@ class TrimmedMean(Aggregator[TrimmedMeanParams]):
     ``check_setting`` refuses 2k >= n (nothing left to average). In a round where k is too large for the
     updates actually received (client sampling, dropped non-finite rows), k is clamped to floor((n - 1) / 2)
     and ``info["f_clamped"] = 1``. ``info["trim"]`` is the k used.
+
+    Breakdown: k arbitrary rows (Yin et al., Definition 2 with beta >= f / n: every value kept lies between
+    two honest values of its coordinate). Past it -- more hostile rows than k on one side of a coordinate --
+    hostile values are averaged in and the aggregate is as large as they are over n - 2k: finite (sums that
+    overflow float32 are redone in float64), within the rows' coordinate range.
     """
 
     name = "trimmed_mean"
     Params = TrimmedMeanParams
+
+    @classmethod
+    def tolerated_rows(cls, params: TrimmedMeanParams, num_clients: int, num_byzantine: int) -> int:
+        return min(_trim_count(params, num_clients, num_byzantine), (num_clients - 1) // 2)
 
     @classmethod
     def check_setting(cls, params: TrimmedMeanParams, num_clients: int, num_byzantine: int) -> None:
@@ -164,24 +181,35 @@ class RepeatedMedian(Aggregator[RepeatedMedianParams]):
     coordinate-wise median; use the ``median`` rule to reproduce that.
 
     Memory: O(n^2) slopes per coordinate, so coordinates are processed ``chunk_size`` at a time.
+
+    Breakdown: at most (n - 2) // 2 arbitrary rows. Each inner median of eq. (1) is over the n - 1 slopes
+    from one point, and stays on honest slopes only while fewer than half of those involve a hostile value:
+    h < (n - 1) / 2 (Siegel 1982 gives the asymptotic 50%; with n = 13, six equal rows at 1e30 already move
+    the line). Up to that count the output is on the honest rows' scale, though not inside their range: the
+    line is extrapolated to the centre from honest points, by up to (n - 1) / 2 times the largest honest
+    slope. Past it the output follows the hostile values and, being an extrapolation, can exceed the rows'
+    range by up to (n - 1) / 2 times its width; where that overflows float32 (hostile values near 3.4e38)
+    the coordinate is +-inf or NaN and the server refuses the round. A slope that overflowed times a zero
+    offset counts as the point itself, not NaN (``numerics.lines_at_centre``).
     """
 
     name = "repeated_median"
     Params = RepeatedMedianParams
 
+    @classmethod
+    def tolerated_rows(cls, params: RepeatedMedianParams, num_clients: int, num_byzantine: int) -> int:
+        return max(0, (num_clients - 2) // 2)
+
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         n, d = updates.shape
         if n <= 2:  # one value: itself; two values: the line through them at the centre is their mean
-            return AggregationResult(update=updates.mean(dim=0))
+            return AggregationResult(update=mean_rows(updates))
         device, dtype = updates.device, updates.dtype
         centred = (n - 1) / 2 - torch.arange(n, device=device, dtype=dtype)  # xbar - x_i
         out = torch.empty(d, device=device, dtype=dtype)
         for cols in coordinate_chunks(d, n * (n - 1), self.params.chunk_size):
             z = torch.sort(updates[:, cols].T, dim=-1).values  # [c, n], z[:, i] has rank i
             inner = repeated_median_slopes(z)  # m_i [c, n], eq. (1)'s inner median
-            if self.params.intercept == "separate":
-                at_centre = z + inner * centred
-            else:
-                at_centre = z + median_last(inner).unsqueeze(-1) * centred
-            out[cols] = median_last(at_centre)
+            slopes = inner if self.params.intercept == "separate" else median_last(inner).unsqueeze(-1)
+            out[cols] = median_last(lines_at_centre(z, slopes, centred))
         return AggregationResult(update=out)

@@ -33,6 +33,18 @@ Implementation notes:
   e.g. for identical updates); scores within a relative 1e-6 of the cut-off count as ties.
 * If the intersection is empty (possible when ``n - ⌊c·f⌋`` is small and niters > 1), the clients kept in
   the most iterations form the good set (``info["empty_intersection"] = 1``).
+
+Hostile rows (``tolerated_rows``: at most one arbitrary row, when ⌊c·f⌋ >= 1). Faithful to the algorithm, DnC
+removes the ⌊c·f⌋ highest scores along *one* direction per subsample, the top singular vector, which the
+largest hostile row sets. One far row, or colluding copies of one row, lie along that direction and are
+removed. But with two hostile rows of very different scales -- say 3.4e38 and 1e30 in unrelated directions
+-- the mean μ is dragged to the larger one, every honest row projects onto v like the smaller hostile row
+does (their scores agree to ~1e-7, within the tie tolerance above), and the smaller one survives: the
+aggregate, the plain mean of the good set, is then ~1e30 / n although only 2 <= f rows were hostile. This
+is DnC as published, kept: ``info["update_norm_ratio"]`` (``||update|| / median_i ||x_i||``, ~1 or below in
+an ordinary round) reports it. Past the breakdown point the mean of the good set follows the hostile rows:
+finite (the float32 centring is redone in float64 when it overflows, and so are means that overflow),
+within the rows' coordinate range.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import generator_or_seeded, sample_coordinates
+from byzlab.aggregators.numerics import generator_or_seeded, mean_rows, sample_coordinates, update_norm_ratio
 from byzlab.aggregators.registry import register
 
 
@@ -64,6 +76,9 @@ class DnCParams(AggregatorParams):
 def dnc_scores(sub: torch.Tensor) -> torch.Tensor:
     """Outlier scores s_i = <x_i - μ, v>² [n] (float64) of the rows of ``sub`` [n, b] (steps 2-4 above)."""
     centred = (sub - sub.mean(dim=0, keepdim=True)).double()
+    if not bool(torch.isfinite(centred).all()):  # rows near float32's largest value: centre in float64
+        wide = sub.double()
+        centred = wide - wide.mean(dim=0, keepdim=True)
     gram = (centred @ centred.T).cpu().numpy()  # n x n: solved on the CPU (LAPACK), cheap on any device
     eigenvalues, eigenvectors = np.linalg.eigh(gram)  # ascending
     top = max(float(eigenvalues[-1]), 0.0)
@@ -91,6 +106,10 @@ class DnC(Aggregator[DnCParams]):
     @staticmethod
     def _num_removed(params: DnCParams, num_byzantine: int) -> int:
         return int(params.filter_frac * num_byzantine)
+
+    @classmethod
+    def tolerated_rows(cls, params: DnCParams, num_clients: int, num_byzantine: int) -> int:
+        return min(cls._num_removed(params, num_byzantine), 1)
 
     @classmethod
     def check_setting(cls, params: DnCParams, num_clients: int, num_byzantine: int) -> None:
@@ -122,13 +141,15 @@ class DnC(Aggregator[DnCParams]):
         if empty:
             good = kept_count == kept_count.max()
         weights = good.to(updates.dtype) / good.sum()
+        update = mean_rows(updates[good])
         return AggregationResult(
-            update=updates[good].mean(dim=0),
+            update=update,
             weights=weights,
             accepted=good,
             info={
                 "num_accepted": float(good.sum()),
                 "iterations": float(iterations),
                 "empty_intersection": float(empty),
+                "update_norm_ratio": update_norm_ratio(update, updates),
             },
         )

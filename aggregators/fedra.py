@@ -59,7 +59,7 @@ from pydantic import Field
 from scipy.stats import hypergeom
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import claimed_counts, lexicographic_order, pairwise_distances
+from byzlab.aggregators.numerics import claimed_counts, lexicographic_order, pairwise_distances, weighted_rows
 from byzlab.aggregators.registry import register
 
 _TINY = float(np.finfo(np.float64).tiny)
@@ -252,11 +252,24 @@ class FedRA(Aggregator[FedRAParams]):
     (ceil(nM/N) used for the neighbour count), ``m_hat`` (the estimate in ``dynamic``; m in ``fixed``),
     ``selected`` (c), ``m_clamped``, ``population_known``. ``check_setting`` requires n - f - 2 >= 1 (the
     neighbour count with M, N unknown, m = f).
+
+    Hostile rows (``tolerated_rows``): FedRA's score is Krum's (§4.1), so it withstands f arbitrary rows
+    under Krum's condition n > 2f + 2 (Blanchard et al., Proposition 1), which ``check_setting`` does not
+    require: with n <= 2f + 2, f colluding copies of one row have all their n - m - 2 neighbours among
+    themselves, score 0 and are selected first (n = 7, f = 3: three copies of a 1e30 row made the aggregate
+    ~4e29). ``tolerated_rows`` is therefore min(f, (n - 3) // 2) (equal claims; claims weigh the scores).
+    Past it the quantity-weighted mean of the selected rows follows the hostile ones: finite (sums that
+    overflow float32 are redone in float64), within the rows' coordinate range. L1 distances that overflow
+    float32 are +inf and such rows always count as malicious (module docstring).
     """
 
     name = "fedra"
     Params = FedRAParams
     needs = frozenset({"num_samples", "num_clients_total", "num_byzantine_total"})
+
+    @classmethod
+    def tolerated_rows(cls, params: FedRAParams, num_clients: int, num_byzantine: int) -> int:
+        return min(num_byzantine, max(0, (num_clients - 3) // 2))
 
     @classmethod
     def check_setting(cls, params: FedRAParams, num_clients: int, num_byzantine: int) -> None:
@@ -293,7 +306,7 @@ class FedRA(Aggregator[FedRAParams]):
         else:  # every selected client claims 0
             weights64 = accepted.to(torch.float64) / c
         weights = weights64.to(updates.dtype)
-        update = weights[chosen] @ updates[chosen]
+        update = weighted_rows(weights[chosen], updates[chosen])
         info = {
             "m": float(m),
             "m_hat": float(m_hat),

@@ -37,6 +37,16 @@ Choices and departures, all deliberate:
   updates are used as the histories (the deep-fg code's ``use_memory = False``) and the stored state is
   left untouched.
 
+Hostile rows (``tolerated_rows`` = 0). FoolsGold defends against sybils -- clients whose histories point
+the same way -- not against a single outlier, and faithfully so: a lone 1e30 row has cosine ~0 with everyone,
+is the most distinct client, gets weight 1 (steps 4-6) and passes, so the weighted mean is ~1e30 / n. The
+rule keeps this behaviour and reports it: ``info["update_norm_ratio"]`` is ``||update|| / median_i ||x_i||``
+(about 1 or below in an ordinary round, ~1e29 with such a row). Exact duplicates (sybils) get weight 0, as
+designed. Numerics: a history whose float32 norm overflows (entries beyond ~1e19) is scaled by its largest
+entry before normalising, so its cosines are the true ones rather than 0; the weighted mean of finite rows
+stays finite (a float32 sum that overflows is redone in float64), and a history that overflows over the
+rounds saturates at +-float32's largest value instead of becoming inf.
+
 Memory: the rule stores one float row of length d per client *ever seen* (N_seen x d, in the updates'
 dtype and on their device), e.g. 100 clients x 11.2M parameters (ResNet-18) x 4 B = 4.5 GB. Rows are
 allocated with geometric growth (capacity doubles, capped at ``ctx.num_clients_total`` when known) so a new
@@ -52,6 +62,7 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import update_norm_ratio, weighted_rows
 from byzlab.aggregators.registry import register
 
 _ALPHA_ONE = 0.99  # what α = 1 is replaced by before the logit (reference code)
@@ -72,7 +83,13 @@ class FoolsGoldParams(AggregatorParams):
 def foolsgold_weights(histories: torch.Tensor, kappa: float = 1.0) -> torch.Tensor:
     """Steps 2-6 of Algorithm 1 on the participants' histories [n, d]: the (unnormalised) weights [n] in
     [0, 1], float64 on the histories' device."""
-    unit = histories / torch.linalg.vector_norm(histories, dim=1, keepdim=True).clamp_min(1e-30)
+    norms = torch.linalg.vector_norm(histories, dim=1, keepdim=True)
+    if bool(torch.isfinite(norms).all()):
+        unit = histories / norms.clamp_min(1e-30)
+    else:  # a history beyond ~1e19 per entry: its float32 sum of squares overflowed; scale by the peak first
+        peak = histories.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+        scaled = histories / peak
+        unit = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp_min(1e-30)
     cs = (unit @ unit.T).double().clamp(-1.0, 1.0)
     cs.fill_diagonal_(0.0)
     v = cs.max(dim=1).values  # v_i = max_j cs_ij (>= 0: the diagonal 0 is part of the max, as in the paper's code)
@@ -98,6 +115,10 @@ class FoolsGold(Aggregator[FoolsGoldParams]):
     name = "foolsgold"
     Params = FoolsGoldParams
     needs = frozenset({"client_ids", "num_clients_total"})  # with memory = True
+
+    @classmethod
+    def tolerated_rows(cls, params: FoolsGoldParams, num_clients: int, num_byzantine: int) -> int:
+        return 0  # a lone outlier is the most distinct client: it passes (module docstring, "Hostile rows")
 
     def __init__(self, params: FoolsGoldParams) -> None:
         super().__init__(params)
@@ -142,6 +163,10 @@ class FoolsGold(Aggregator[FoolsGoldParams]):
             rows = self._rows_for(ids, updates, ctx.num_clients_total)
             self._history.index_add_(0, rows, updates.to(self._history.dtype))  # step 1
             histories = self._history[rows]
+            if not bool(torch.isfinite(histories).all()):  # a sum of hostile rows overflowed: saturate it
+                big = torch.finfo(histories.dtype).max
+                histories = histories.nan_to_num(posinf=big, neginf=-big)
+                self._history[rows] = histories
         else:
             histories = updates
         alpha = foolsgold_weights(histories, self.params.kappa)
@@ -151,8 +176,9 @@ class FoolsGold(Aggregator[FoolsGoldParams]):
             alpha = torch.ones_like(alpha)
             total = alpha.sum()
         weights = (alpha / total).to(updates.dtype)
+        update = weighted_rows(weights, updates)
         return AggregationResult(
-            update=weights @ updates,
+            update=update,
             weights=weights,
             accepted=weights > 0,
             info={
@@ -160,6 +186,7 @@ class FoolsGold(Aggregator[FoolsGoldParams]):
                 "fallback_uniform": float(fallback),
                 "history_used": float(use_history),
                 "history_clients": float(len(self._row)),
+                "update_norm_ratio": update_norm_ratio(update, updates),
             },
         )
 

@@ -8,7 +8,13 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import Weighting, client_weights
+from byzlab.aggregators.numerics import (
+    Weighting,
+    client_weights,
+    coordinate_median,
+    distances_to,
+    weighted_rows_wide,
+)
 from byzlab.aggregators.registry import register
 
 
@@ -54,24 +60,69 @@ class GeoMed(Aggregator[GeoMedParams]):
     distance, so that test stops early (nine updates spread 0.1 around a point plus one 1e7 away: it stopped
     ~0.2 per coordinate from the median), whereas the harmonic-mean scale is set by the points near z.
 
-    ``update = weights @ updates`` exactly: ``weights`` are the normalised Weiszfeld weights
-    ``beta_i / sum_j beta_j`` that produced the returned iterate, so a far outlier gets weight ~ alpha_i /
-    distance. ``info``: ``iterations`` (Weiszfeld steps taken), ``objective`` (``sum_i alpha_i ||z - x_i||``
-    at the returned point). No client is selected (``accepted`` is None). The breakdown point is 1/2 of the
-    weight.
+    ``update = weights @ updates`` (exactly; up to rounding after the float64 path below): ``weights`` are
+    the normalised Weiszfeld weights ``beta_i / sum_j beta_j`` that produced the returned iterate, so a far
+    outlier gets weight ~ alpha_i / distance. ``info``: ``iterations`` (Weiszfeld steps taken),
+    ``objective`` (``sum_i alpha_i ||z - x_i||`` at the returned point), ``float64_restart`` (1 when the
+    float64 iteration below ran). No client is selected (``accepted`` is None).
+
+    Breakdown: 1/2 of the weight (Pillutla et al., section "Robust aggregation": the geometric median's
+    breakdown point is 1/2). With equal claims, fewer than n/2 arbitrary rows cannot move z far: by Minsker
+    ("Geometric median and robust estimation in Banach spaces", Bernoulli 2015, Lemma 2.1, whose proof
+    carries over to weights), if rows of total weight at most a < 1/2 lie outside the ball of radius r
+    around the honest mean, then ``||z - honest mean|| <= C_a r`` with ``C_a = (1 - a) / sqrt(1 - 2a)``
+    (tests/unit/aggregators/test_hostile_rows.py checks this bound, with slack for the smoothing and the
+    stopping rule). Past the breakdown point z follows the heavier side: z is a convex combination of the
+    rows, so it stays finite and within the rows' coordinate range, but can be as large as the hostile rows.
+
+    Hostile rows (a 1e30 sign flip, rows near float32's largest value): the float32 iteration computes
+    ``||x_i - z||`` as the root of a float32 sum of squares, which overflows for rows beyond ~1e19 and made
+    every weight 0/0 = NaN; and from a mean dragged to 1e29 each Weiszfeld step only divides the distance
+    to the honest rows by about n - 1 (n = 3: halves it), too slowly for ``max_iter``. When a distance (or
+    z) is not finite, or ``max_iter`` passes without convergence, the rule runs the same smoothed Weiszfeld
+    iteration in float64 over slices of coordinates (:meth:`weiszfeld_wide`), starting from the
+    coordinate-wise median: the geometric median does not depend on the starting point, and from there the
+    honest rows are near. Its point is returned unless it, too, stops at ``max_iter`` with a higher
+    objective than the float32 run's. Rounds that converge in float32 (ordinary rounds do) never take that
+    path, so their numbers are unchanged.
     """
 
     name = "geomed"
     Params = GeoMedParams
     needs = frozenset({"num_samples"})
 
+    @classmethod
+    def tolerated_rows(cls, params: GeoMedParams, num_clients: int, num_byzantine: int) -> int:
+        return (num_clients - 1) // 2  # equal claims; in general, rows holding less than half the weight
+
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
+        alpha = client_weights(self.params.weighting, ctx.num_samples, updates)
+        narrow = self.weiszfeld(updates, alpha)
+        if narrow is not None and narrow[-1]:  # converged in the updates' dtype: every ordinary round
+            z, weights, iterations, objective, _ = narrow
+            restart = False
+        else:
+            z, weights, iterations, objective, converged = self.weiszfeld_wide(updates, alpha.double())
+            z, weights, restart = z.to(updates.dtype), weights.to(updates.dtype), True
+            if narrow is not None and not converged:  # neither converged: keep the lower objective
+                mean_start = float(alpha.double() @ distances_to(updates, narrow[0].double()))
+                if mean_start < objective:
+                    z, weights, iterations, _, _ = narrow
+                    objective = mean_start
+        info = {"iterations": float(iterations), "objective": objective, "float64_restart": float(restart)}
+        return AggregationResult(update=z, weights=weights, info=info)
+
+    def weiszfeld(self, updates: torch.Tensor, alpha: torch.Tensor) -> tuple | None:
+        """The smoothed Weiszfeld iteration in the updates' dtype, from the weighted mean: (z, weights,
+        iterations, objective, converged), or None as soon as a distance or z is not finite (a hostile row
+        overflowed the float32 sum of squares)."""
         p = self.params
-        alpha = client_weights(p.weighting, ctx.num_samples, updates)
         z = alpha @ updates
         dist = torch.linalg.vector_norm(updates - z, dim=1)
+        if not bool(torch.isfinite(dist).all()):
+            return None
         weights = alpha
-        iterations = 0
+        iterations, converged = 0, False
         for iterations in range(1, p.max_iter + 1):
             beta = alpha / dist.clamp(min=p.nu)
             total = beta.sum()
@@ -80,11 +131,35 @@ class GeoMed(Aggregator[GeoMedParams]):
             step = torch.linalg.vector_norm(z_next - z)
             z = z_next
             dist = torch.linalg.vector_norm(updates - z, dim=1)
-            if bool(step * total <= p.tol):  # step <= tol * (harmonic-mean distance 1 / total)
+            converged, finite = torch.stack([step * total <= p.tol, torch.isfinite(dist).all()]).tolist()
+            if not finite:
+                return None
+            if converged:  # step <= tol * (harmonic-mean distance 1 / total)
                 break
-        return AggregationResult(
-            update=z, weights=weights, info={"iterations": float(iterations), "objective": float(alpha @ dist)}
-        )
+        return z, weights, iterations, float(alpha @ dist), converged
+
+    def weiszfeld_wide(self, updates: torch.Tensor, alpha: torch.Tensor) -> tuple:
+        """The same iteration with float64 distances, weights and iterates over slices of coordinates
+        (``numerics.distances_to``, ``numerics.weighted_rows_wide``: float64 copies of one slice at a time),
+        from the coordinate-wise median: finite for any finite rows. Returns float64 (z, weights,
+        iterations, objective, converged)."""
+        p = self.params
+        z = coordinate_median(updates).double()
+        dist = distances_to(updates, z)
+        weights = alpha
+        iterations, converged = 0, False
+        for iterations in range(1, p.max_iter + 1):
+            beta = alpha / dist.clamp(min=p.nu)
+            total = beta.sum()
+            weights = beta / total
+            z_next = weighted_rows_wide(weights, updates)
+            step = torch.linalg.vector_norm(z_next - z)
+            z = z_next
+            dist = distances_to(updates, z)
+            converged = bool(step * total <= p.tol)
+            if converged:
+                break
+        return z, weights, iterations, float(alpha @ dist), converged
 
 
 @register

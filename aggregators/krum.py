@@ -11,6 +11,19 @@ does the choice depend on the client order.
 configurations the rule cannot support; in a round that holds more declared attackers than the rule supports
 for that round's n (client sampling), ``aggregate`` clamps f to the largest feasible value and reports
 ``info["f_clamped"] = 1``.
+
+Hostile rows. Up to f arbitrary rows (``tolerated_rows``: the declared f, clamped to what n supports) cannot
+be selected unless they are close to the honest ones: an honest update's score is at most (n - f - 2) D^2
+(D the honest rows' diameter), while a row at distance R from every honest one scores at least
+(n - 2f - 1) R^2 since at most f - 1 of its n - f - 2 neighbours are hostile, so a selected row lies within
+sqrt((n - f - 2) / (n - 2f - 1)) D of an honest row (a deterministic form of the argument behind Blanchard
+et al.'s Proposition 1, §4; for L1-Krum the same with L1 distances, unsquared). Bulyan keeps, per coordinate, values
+within the honest range extended by its width (El Mhamdi et al. §4: beta = theta - 2f values closest to a
+median that honest values surround). Distances are float64 Gram sums (finite for any finite float32 rows;
+L1 distances may be +inf, which ranks last). Past the breakdown point -- more hostile rows than f, e.g.
+f + 1 colluding copies of one 1e30 row whose scores are 0 -- hostile rows are selected and the aggregate is
+their (partial) mean: finite (means that overflow float32 are redone in float64), within the rows'
+coordinate range, but as large as the hostile rows.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import coordinate_chunks, krum_order, pairwise_distances, sorted_median
+from byzlab.aggregators.numerics import coordinate_chunks, krum_order, mean_rows, pairwise_distances, sorted_median
 from byzlab.aggregators.registry import register
 
 KP = TypeVar("KP", bound=AggregatorParams)
@@ -59,6 +72,10 @@ class _KrumFamily(Aggregator[KP]):
                 f"{cls.name}: m={m} selected updates exceed the n - f = {n - f} honest ones (n={n}, f={f})"
             )
 
+    @classmethod
+    def tolerated_rows(cls, params: KP, num_clients: int, num_byzantine: int) -> int:
+        return min(num_byzantine, _largest_f(num_clients, 2, 3))
+
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]
         f = min(ctx.num_byzantine, _largest_f(n, 2, 3))
@@ -70,7 +87,7 @@ class _KrumFamily(Aggregator[KP]):
         weights[chosen] = 1.0 / m
         accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
         accepted[chosen] = True
-        update = updates[chosen].mean(dim=0)
+        update = mean_rows(updates[chosen])
         info = {"f_clamped": float(f < ctx.num_byzantine), "selected": float(m)}
         return AggregationResult(update=update, weights=weights, accepted=accepted, info=info)
 
@@ -168,6 +185,10 @@ class Bulyan(Aggregator[BulyanParams]):
                 f"at most f={_largest_f(n, 4, 3)} for n={n})"
             )
 
+    @classmethod
+    def tolerated_rows(cls, params: BulyanParams, num_clients: int, num_byzantine: int) -> int:
+        return min(num_byzantine, _largest_f(num_clients, 4, 3))
+
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         n, d = updates.shape
         f = min(ctx.num_byzantine, _largest_f(n, 4, 3))
@@ -184,6 +205,6 @@ class Bulyan(Aggregator[BulyanParams]):
             ordered = torch.sort(updates[:, cols][chosen], dim=0).values
             gap = (ordered - sorted_median(ordered, dim=0)).abs()
             keep = torch.sort(gap, dim=0, stable=True).indices[:beta]
-            out[cols] = ordered.gather(0, keep).mean(dim=0)
+            out[cols] = mean_rows(ordered.gather(0, keep))
         info = {"f_clamped": float(f < ctx.num_byzantine), "selected": float(theta), "beta": float(beta)}
         return AggregationResult(update=out, accepted=accepted, info=info)

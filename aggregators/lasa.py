@@ -75,6 +75,7 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import weighted_rows
 from byzlab.aggregators.registry import register
 from byzlab.orchestrator.core.layout import Layer
 
@@ -174,10 +175,30 @@ class LASA(Aggregator[LASAParams]):
     """LASA (Xu, Zhang & Hu 2024, Algorithm 1): per-client Top-k sparsification of the weight tensors
     (Definition 1), then per layer a magnitude (L2 norm) and direction (PDP, eq. 1) filter by MZ-score (eq. 2)
     with radii lambda_m / lambda_d, and the mean of the kept clients' sparsified layers; updates clipped to
-    the round's median norm first (reference code). See the module docstring for every choice."""
+    the round's median norm first (reference code). See the module docstring for every choice.
+
+    Hostile rows (``tolerated_rows``: fewer than half). Norms and MZ-scores are float64, so rows up to
+    float32's largest value neither overflow nor hide each other's statistics; with fewer than n/2 hostile
+    rows the median norm is an honest one, and every kept parameter row is clipped to it, so the aggregate
+    stays on the honest rows' scale even when an outlier passes the MZ filter (two hostile rows of very
+    different sizes: the larger inflates the standard deviation, the smaller gets an MZ-score near 0).
+    Buffers are not clipped (module docstring): there the MZ filter alone decides, and such a pair can pass
+    a hostile buffer row. Past the breakdown point the median norm is a hostile one and the aggregate
+    follows the hostile rows: finite (sums that overflow float32 are redone in float64).
+    """
 
     name = "lasa"
     Params = LASAParams
+
+    @classmethod
+    def tolerated_rows(cls, params: LASAParams, num_clients: int, num_byzantine: int) -> int:
+        """Fewer than half with median-norm clipping. Without it only the MZ filter bounds a hostile row: a
+        lone outlier's |MZ-score| is n / sqrt(n - 1) (one far value among n), so one row is caught while
+        that exceeds lambda_m; two of different sizes are not (see above)."""
+        n = num_clients
+        if params.norm_clip:
+            return (n - 1) // 2
+        return 1 if n > 1 and n / math.sqrt(n - 1) > params.lambda_m else 0
     needs = frozenset({"layers"})
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
@@ -239,7 +260,7 @@ class LASA(Aggregator[LASAParams]):
             out.zero_()  # coordinates outside the layout (none in a model layout) stay 0
         for j, layer in enumerate(layers):
             coef = share[:, j] if layer.kind == "buffer" else share[:, j] * scales
-            out[layer.slice] = coef.to(updates.dtype) @ sparsified(layer)
+            out[layer.slice] = weighted_rows(coef.to(updates.dtype), sparsified(layer))
 
         kept_count = kept.sum(dim=1)
         kept_share = kept_count.double() / num

@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
+from byzlab.aggregators.numerics import weighted_rows
 from byzlab.aggregators.registry import register
 
 
@@ -24,12 +25,20 @@ class FedAvg(Aggregator[FedAvgParams]):
     Not robust: one row with NaN/Inf makes the aggregate non-finite, which the server detects and refuses
     to apply (see ``actors.server``). The counts are used as claimed, in the updates' dtype (no clamping,
     unlike the robust rules' ``numerics.client_weights``): FedAvg is the undefended baseline.
+
+    Breakdown point 0 (``tolerated_rows`` = 0): one finite hostile row moves the mean anywhere (a 1e30 row
+    among ten gives ~1e29), and the server applies it. The mean of finite rows stays finite: a float32 sum
+    that overflows (rows near 3.4e38) is redone in float64 (``numerics.weighted_rows``).
     """
 
     name = "fedavg"
     Params = FedAvgParams
     needs = frozenset({"num_samples"})
     drops_nonfinite = False
+
+    @classmethod
+    def tolerated_rows(cls, params: FedAvgParams, num_clients: int, num_byzantine: int) -> int:
+        return 0
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]
@@ -38,4 +47,4 @@ class FedAvg(Aggregator[FedAvgParams]):
             weights = counts / counts.sum()
         else:
             weights = torch.full((n,), 1.0 / n, device=updates.device, dtype=updates.dtype)
-        return AggregationResult(update=weights @ updates, weights=weights)
+        return AggregationResult(update=weighted_rows(weights, updates), weights=weights)

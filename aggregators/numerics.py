@@ -1,15 +1,24 @@
 """Numerics shared by the aggregation rules: one copy of every computation that more than one rule uses
 (docs/architecture.md, section "Aggregator contract": a rule never imports a sibling rule).
 
-- coordinate slicing and medians: :func:`coordinate_chunks`, :func:`sorted_median`, :func:`median_last`,
-  :func:`trimmed_mean`, :func:`repeated_median_slopes`;
+- coordinate slicing and medians: :func:`coordinate_chunks`, :func:`sorted_median`, :func:`coordinate_median`,
+  :func:`median_last`, :func:`trimmed_mean`, :func:`repeated_median_slopes`, :func:`lines_at_centre`;
 - distances and Krum: :func:`squared_distances_from_gram`, :func:`pairwise_distances`, :func:`krum_order`,
   :func:`lexicographic_order`;
 - client weights from claimed sample counts: :func:`claimed_counts`, :func:`client_weights`;
-- norm clipping: :func:`clip_scales`;
+- norm clipping: :func:`clip_scales`, :func:`clip_scales_wide`;
+- sums and norms that hostile rows cannot overflow: :func:`mean_rows`, :func:`weighted_rows`,
+  :func:`safe_row_norms`, :func:`distances_to`, :func:`weighted_rows_wide`, :func:`coordinate_median`,
+  :func:`update_norm_ratio`;
 - randomness: :func:`generator_or_seeded`, :func:`sample_coordinates`.
 
 Everything here is plain tensor code on the inputs' device; nothing reads a ``RoundContext``.
+
+Hostile rows (issue 12): an attacker may send any finite float32 value, up to +-3.4e38. A sum of two such
+values, a squared norm of a row of 1e20s, or the mean of several rows near the largest value overflows
+float32 although the quantity the rule wants (a mean, a norm) is finite. The helpers of the section "sums
+and norms" compute exactly what the plain expression computes whenever that is finite (bit for bit, so
+ordinary rounds are unchanged) and recompute in float64 only the entries that overflowed.
 """
 
 from __future__ import annotations
@@ -47,7 +56,21 @@ def sorted_median(ordered: torch.Tensor, dim: int) -> torch.Tensor:
     upper = ordered.select(dim, n // 2)
     if n % 2:
         return upper
-    return (ordered.select(dim, n // 2 - 1) + upper) / 2
+    lower = ordered.select(dim, n // 2 - 1)
+    middle = (lower + upper) / 2
+    overflowed = torch.isinf(middle) & torch.isfinite(lower) & torch.isfinite(upper)
+    if bool(overflowed.any()):  # two values near the dtype's largest: halve first (exact, no overflow)
+        middle = torch.where(overflowed, lower / 2 + upper / 2, middle)
+    return middle
+
+
+def coordinate_median(rows: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise median [d] of ``rows`` [n, d] (:func:`sorted_median`), over slices of coordinates."""
+    n, d = rows.shape
+    out = torch.empty(d, device=rows.device, dtype=rows.dtype)
+    for cols in coordinate_chunks(d, n):
+        out[cols] = sorted_median(torch.sort(rows[:, cols], dim=0).values, dim=0)
+    return out
 
 
 def median_last(values: torch.Tensor) -> torch.Tensor:
@@ -59,7 +82,7 @@ def trimmed_mean(rows: torch.Tensor, k: int) -> torch.Tensor:
     """Coordinate-wise trimmed mean of ``rows`` [n, c] (Yin et al., ICML 2018, Definition 2): drop the k
     largest and k smallest values of every column and average the n - 2k that remain (needs 2k < n)."""
     n = rows.shape[0]
-    return torch.sort(rows, dim=0).values[k : n - k].mean(dim=0)
+    return mean_rows(torch.sort(rows, dim=0).values[k : n - k])
 
 
 def repeated_median_slopes(z: torch.Tensor) -> torch.Tensor:
@@ -77,6 +100,14 @@ def repeated_median_slopes(z: torch.Tensor) -> torch.Tensor:
     slopes = z[:, other]  # [c, K, K-1]: y_j
     slopes.sub_(z.unsqueeze(-1)).div_(run)  # (y_j - y_i) / (x_j - x_i)
     return median_last(slopes)
+
+
+def lines_at_centre(z: torch.Tensor, slopes: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:
+    """``z + slopes * centred``: the values at the centre of the lines through the points (rank, z) with the
+    given slopes (``centred`` = xbar - rank). A slope that overflowed to +-inf (two values near float32's
+    largest, of opposite signs) times a zero offset is the point itself, ``z``, not NaN."""
+    at_centre = z + slopes * centred
+    return torch.where(torch.isnan(at_centre), z, at_centre)
 
 
 # --------------------------------------------------------------------------------- distances and Krum
@@ -179,6 +210,95 @@ def clip_scales(norms: torch.Tensor, bound: float) -> torch.Tensor:
     """``min(1, bound / norm)`` per row: the factor that projects a vector of that norm onto the L2 ball of
     radius ``bound`` (1 for a zero vector)."""
     return (bound / norms.clamp(min=torch.finfo(norms.dtype).tiny)).clamp(max=1.0)
+
+
+def clip_scales_wide(norms: torch.Tensor, bound: float, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`clip_scales` in ``dtype`` for float64 ``norms`` (:func:`safe_row_norms`): bitwise
+    ``clip_scales(norms.to(dtype), bound)`` for every norm that ``dtype`` can hold; a norm beyond the
+    dtype's largest value (a row of 3.4e38s) gets ``bound / norm`` computed in float64 (a tiny, possibly
+    subnormal factor) instead of 0, so the clipped row still contributes a vector of norm ``bound``."""
+    narrow = norms.to(dtype)
+    scales = clip_scales(narrow, bound)
+    beyond = torch.isinf(narrow) & torch.isfinite(norms)
+    if bool(beyond.any()):
+        scales = torch.where(beyond, (bound / norms).clamp(max=1.0).to(dtype), scales)
+    return scales
+
+
+# ----------------------------------------------------------------------------- sums and norms (hostile rows)
+
+
+def _widen_overflowed(out: torch.Tensor, wide) -> torch.Tensor:
+    """``out`` [d], with the entries that are not finite replaced by ``wide(columns)`` (float64, cast back to
+    ``out``'s dtype: a mean of finite values fits). Unchanged, the same tensor, when every entry is finite."""
+    if out.dtype == torch.float64:
+        return out
+    bad = ~torch.isfinite(out)
+    if not bool(bad.any()):
+        return out
+    columns = bad.nonzero().squeeze(1)
+    out = out.clone()
+    out[columns] = wide(columns).to(out.dtype)
+    return out
+
+
+def mean_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows.mean(dim=0)`` [d] of finite ``rows`` [k, d]; coordinates where the float32 sum overflowed (rows
+    near 3.4e38) are recomputed in float64, so the mean of finite rows is finite. Bitwise ``rows.mean(dim=0)``
+    whenever that is finite."""
+    return _widen_overflowed(rows.mean(dim=0), lambda cols: rows[:, cols].double().mean(dim=0))
+
+
+def weighted_rows(weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``weights @ rows`` [d] for ``weights`` [k] and finite ``rows`` [k, d]; coordinates where the float32 sum
+    overflowed are recomputed in float64 (finite when the weights are a convex combination). Bitwise
+    ``weights @ rows`` whenever that is finite."""
+    return _widen_overflowed(weights @ rows, lambda cols: weights.double() @ rows[:, cols].double())
+
+
+def safe_row_norms(rows: torch.Tensor) -> torch.Tensor:
+    """L2 norms [n] of finite ``rows`` [n, d] as float64: ``torch.linalg.vector_norm`` in the rows' dtype
+    (exactly the usual norms, upcast), recomputed in float64 for the rows where that overflowed to inf --
+    torch sums squares without rescaling, so a row of 1e20s (norm ~1e21) already overflows float32."""
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    wide = norms.double()
+    bad = ~torch.isfinite(norms)
+    if bool(bad.any()):
+        wide[bad] = distances_to(rows[bad], torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device))
+    return wide
+
+
+def distances_to(rows: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """``||rows_i - point||`` [n] in float64 for ``rows`` [n, d] and a float64 ``point`` [d], over slices of
+    coordinates (float64 work copies of at most :data:`CHUNK_ELEMENTS` elements): finite for any finite
+    float32 rows."""
+    n, d = rows.shape
+    squares = torch.zeros(n, dtype=torch.float64, device=rows.device)
+    for cols in coordinate_chunks(d, n):
+        squares += (rows[:, cols].double() - point[cols]).square().sum(dim=1)
+    return squares.sqrt()
+
+
+def weighted_rows_wide(weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``weights @ rows`` [d] in float64 for float64 ``weights`` [n] and ``rows`` [n, d], over slices of
+    coordinates (float64 work copies of at most :data:`CHUNK_ELEMENTS` elements)."""
+    n, d = rows.shape
+    out = torch.empty(d, dtype=torch.float64, device=rows.device)
+    for cols in coordinate_chunks(d, n):
+        out[cols] = weights @ rows[:, cols].double()
+    return out
+
+
+def update_norm_ratio(update: torch.Tensor, rows: torch.Tensor) -> float:
+    """``||update|| / median_i ||rows_i||`` (float64, overflow-safe): how far an aggregate is off the scale of
+    the round's updates. A rule that may, faithfully, pass a huge update (FoolsGold, SDEA, DnC) reports it
+    as ``info["update_norm_ratio"]``: about 1 or below in an ordinary round, ~1e29 when a 1e30 row got
+    through. 0 for a zero update; the largest float64 when every row is zero but the update is not."""
+    size = float(safe_row_norms(update.reshape(1, -1))[0])
+    median = float(torch.quantile(safe_row_norms(rows), 0.5))
+    if size == 0.0:
+        return 0.0
+    return size / median if median > 0 else float(torch.finfo(torch.float64).max)
 
 
 # ---------------------------------------------------------------------------------------------- randomness

@@ -280,11 +280,21 @@ def _pa_coefficients(q: torch.Tensor, gaps: torch.Tensor, mu: float) -> tuple[to
     return p, q * p
 
 
+def _mix(weights: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """Σ_n weights[b, n] xb[n, b, :] [B, c] in xb's dtype for float64 ``weights`` [B, n]; blocks whose float32
+    sum overflowed (rows near 3.4e38 with weights summing to 1 up to rounding) are redone in float64."""
+    out = torch.einsum("bn,nbc->bc", weights.to(xb.dtype), xb)
+    if xb.dtype != torch.float64 and not bool(torch.isfinite(out).all()):
+        bad = (~torch.isfinite(out)).any(dim=-1).nonzero().squeeze(1)
+        out[bad] = torch.einsum("bn,nbc->bc", weights[bad], xb[:, bad].double()).to(xb.dtype)
+    return out
+
+
 def _pa_blocks(xb: torch.Tensor, q: torch.Tensor, gaps: torch.Tensor | None, mu: float | None):
     """Eqs. 7-9 per block. ``xb`` [n, B, c], ``q`` [B, n] float64, ``gaps`` [n] float64 or None (zeros).
     Returns (update [B, c], weights [B, n] float64, fallback [B] bool)."""
     dtype = xb.dtype
-    g_br = torch.einsum("bn,nbc->bc", q.to(dtype), xb)
+    g_br = _mix(q, xb)
     nb = q.shape[0]
     if mu is None:
         return g_br, q, torch.zeros(nb, dtype=torch.bool, device=q.device)
@@ -292,12 +302,15 @@ def _pa_blocks(xb: torch.Tensor, q: torch.Tensor, gaps: torch.Tensor | None, mu:
         gaps = torch.zeros(q.shape[1], dtype=torch.float64, device=q.device)
     _, coef = _pa_coefficients(q, gaps, mu)
     w = coef / coef.sum(-1, keepdim=True)
-    direction = torch.einsum("bn,nbc->bc", w.to(dtype), xb)  # g_PABR / Σ q p: same direction as eq. 8
+    direction = _mix(w, xb)  # g_PABR / Σ q p: same direction as eq. 8
     norm_dir = torch.linalg.vector_norm(direction, dim=-1, dtype=torch.float64)
     norm_br = torch.linalg.vector_norm(g_br, dim=-1, dtype=torch.float64)
     fallback = ~(norm_dir > 0)
     scale = norm_br / torch.where(fallback, torch.ones_like(norm_dir), norm_dir)
-    update = torch.where(fallback.unsqueeze(-1), g_br, direction * scale.to(dtype).unsqueeze(-1))
+    rescaled = direction * scale.to(dtype).unsqueeze(-1)
+    if dtype != torch.float64 and not bool(torch.isfinite(rescaled).all()):  # redo in float64; beyond float32
+        rescaled = (direction.double() * scale.unsqueeze(-1)).to(dtype)  # the eq. 9 vector is +-inf there
+    update = torch.where(fallback.unsqueeze(-1), g_br, rescaled)
     weights = torch.where(fallback.unsqueeze(-1), q, w)
     return update, weights, fallback
 
@@ -360,11 +373,28 @@ class PawbroflParams(AggregatorParams):
 class Pawbrofl(Aggregator[PawbroflParams]):
     """PAwBRoFL (Fernando et al.): a robust weighting q of the clients by Filtering (Alg. 2) or No-Regret
     (Alg. 1), then performance-aware re-weighting by the softmax of q_i · gap_i / μ and rescaling to the
-    robust estimate's norm (eqs. 8-9). See the module docstring for the details and choices."""
+    robust estimate's norm (eqs. 8-9). See the module docstring for the details and choices.
+
+    Hostile rows (``tolerated_rows``: floor(ε n), the corrupted fraction the estimators are run for). The
+    Gram matrices are float64 around the coordinate-wise median, so rows up to float32's largest value
+    neither overflow nor cancel the honest rows' differences; each weight update removes the row with the
+    largest quasi-gradient (the top direction of Cov_q, which the hostile rows set), and ⌊2εm⌋ >= 2h updates
+    remove h of them. Past the breakdown point hostile rows keep weight: g_BR (eq. 7) is a convex
+    combination, finite (sums that overflow float32 are redone in float64), but eq. 9 rescales g_PABR to
+    ||g_BR||, and where that vector exceeds float32 (rows near 3.4e38) the coordinate is +-inf and the
+    server refuses the round."""
 
     name = "pawbrofl"
     Params = PawbroflParams
     needs = frozenset({"loss_gaps"})
+
+    @classmethod
+    def tolerated_rows(cls, params: PawbroflParams, num_clients: int, num_byzantine: int) -> int:
+        """floor(epsilon n): the corrupted fraction the estimators are run for (the declared f when
+        ``epsilon`` is None); fewer than half in any case."""
+        if params.epsilon is None:
+            return min(num_byzantine, (num_clients - 1) // 2)
+        return min(_floor(params.epsilon * num_clients), (num_clients - 1) // 2)
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         prm = self.params

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext, require_server_inputs
-from byzlab.aggregators.numerics import claimed_counts, generator_or_seeded
+from byzlab.aggregators.numerics import claimed_counts, generator_or_seeded, weighted_rows
 from byzlab.aggregators.registry import register
 
 
@@ -156,11 +156,21 @@ class FLTrust(Aggregator[FLTrustParams]):
 
     weights = TS / sum(TS) (the coefficients before rescaling); accepted = TS > 0;
     info: trust_mean, server_update_norm, num_accepted.
+
+    Hostile rows (``tolerated_rows``: any number): every update is rescaled to ||g_0|| before the
+    trust-weighted mean, so the aggregate's norm is at most ||g_0|| whatever the rows are (Cao et al.:
+    normalising the magnitudes of the local updates limits the impact of malicious ones), computed
+    scale-free so that rows up to float32's largest value neither overflow nor vanish (:func:`_unit_rows`).
+    Buffers are not rescaled (above): there a trusted client's buffer delta enters as sent.
     """
 
     name = "fltrust"
     Params = FLTrustParams
     needs = frozenset({"global_params", "model_fn", "proxy_data", "generator", "layers"})
+
+    @classmethod
+    def tolerated_rows(cls, params: FLTrustParams, num_clients: int, num_byzantine: int) -> int:
+        return num_clients
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         p = self.params
@@ -195,7 +205,7 @@ class FLTrust(Aggregator[FLTrustParams]):
         else:
             update = torch.empty_like(updates[0])
             update[mask] = scaled
-            update[~mask] = weights @ updates[:, ~mask]
+            update[~mask] = weighted_rows(weights, updates[:, ~mask])
         return AggregationResult(update, weights, accepted, info)
 
 
@@ -245,11 +255,23 @@ class Sageflow(Aggregator[SageflowParams]):
 
     weights = beta / sum(beta) (0 for dropped clients); accepted = kept (and claiming > 0 samples);
     info: entropy_mean (all clients), loss_mean (kept clients), num_accepted.
+
+    Hostile rows (``tolerated_rows`` = 0): Sageflow judges the model a row makes, not the row's size, and
+    faithfully so. A huge row usually makes a model that overflows (dropped: non-finite entropy), predicts
+    near-uniformly (dropped by the entropy filter, as long as E_th < ln C) or is confidently wrong (kept with
+    weight ~ n_i / loss_i, the loss growing with the row, so its contribution stays of the order of the
+    others'). But a row that scales up a model the proxy data likes -- confident and right -- gets a tiny
+    loss and most of the weight, whatever its size: no count of such rows is safe. The weighted mean of
+    finite rows stays finite (a float32 sum that overflows is redone in float64).
     """
 
     name = "sageflow"
     Params = SageflowParams
     needs = frozenset({"global_params", "model_fn", "proxy_data", "num_samples"})
+
+    @classmethod
+    def tolerated_rows(cls, params: SageflowParams, num_clients: int, num_byzantine: int) -> int:
+        return 0
 
     @torch.no_grad()
     def client_scores(self, updates: torch.Tensor, ctx: RoundContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,4 +310,4 @@ class Sageflow(Aggregator[SageflowParams]):
             zeros = torch.zeros(updates.shape[0], dtype=updates.dtype, device=updates.device)
             return AggregationResult(torch.zeros_like(updates[0]), zeros, accepted, info)
         weights = torch.softmax(log_beta, dim=0).to(updates.dtype)
-        return AggregationResult(weights @ updates, weights, accepted, info)
+        return AggregationResult(weighted_rows(weights, updates), weights, accepted, info)

@@ -82,6 +82,16 @@ Choices not fixed by the paper, all deliberate:
   in eqs. 10-11). It adds an absolute 1e-7 to tau, which is not negligible for updates of that scale; the
   default ``eps`` here is 1e-30.
 
+**Hostile rows** (``tolerated_rows``: (n - 2) // 2, the repeated-median line's breakdown; see the
+``repeated_median`` rule). Up to that count the line is fitted on honest slopes, a hostile value's residual
+is huge, its confidence falls below delta and eq. 9 moves it onto the line, so it enters eq. 11 at the line's
+value. Eq. 11 is computed as the weighted uncorrected sum plus the weighted moves to the line; where a move
+is 2^20 times the aggregate (a 1e30 value moved to the line: float32 rounding of the two terms would leave
+~1e23 behind) those coordinates are summed directly over the corrected values instead. Past the breakdown
+point the line follows the hostile values, which then count at full confidence; being an extrapolation to
+the centre, it can exceed the rows' range by up to (n - 1) / 2 times its width, and where that overflows
+float32 (values near 3.4e38) the coordinate is +-inf or NaN and the server refuses the round.
+
 ``info``: ``weight_min``, ``weight_max`` (of ``p``), ``num_accepted``, ``corrected_fraction`` (share of the
 K x d values replaced by the line, eq. 9), ``disagreement_fraction`` (share of coordinates with sigma > 0),
 ``fallback_uniform``.
@@ -104,7 +114,15 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import coordinate_chunks, median_last, repeated_median_slopes, sorted_median
+from byzlab.aggregators.numerics import (
+    coordinate_chunks,
+    lines_at_centre,
+    median_last,
+    mean_rows,
+    repeated_median_slopes,
+    sorted_median,
+    weighted_rows,
+)
 from byzlab.aggregators.registry import register
 
 GAMMA = 1.4826
@@ -199,17 +217,17 @@ def fit_line(
         inner = repeated_median_slopes(z)  # m_i [c, K], eq. 1's inner median (as the repeated_median rule)
         slope = median_last(inner)  # eq. 1
         if intercept == "separate":  # eq. 2 at the centred origin (see the repeated_median rule)
-            return slope, median_last(z + inner * centred)
+            return slope, median_last(lines_at_centre(z, inner, centred))
     elif estimator == "theil_sen":
         i, j = torch.triu_indices(k, k, 1, device=device)
         pair = (z[:, j] - z[:, i]) / (j - i).to(dtype)  # [c, K(K-1)/2]
         slope = median_last(pair)
         if intercept == "separate":  # median of the pairwise lines' values at the centre
-            return slope, median_last(z[:, i] + pair * centred[i])
+            return slope, median_last(lines_at_centre(z[:, i], pair, centred[i]))
     else:
         raise ValueError(f"unknown estimator '{estimator}'")
     if intercept == "hierarchical":
-        return slope, median_last(z + slope.unsqueeze(-1) * centred)
+        return slope, median_last(lines_at_centre(z, slope.unsqueeze(-1), centred))
     if intercept == "median":
         return slope, sorted_median(z, dim=-1)
     raise ValueError(f"unknown intercept '{intercept}'")
@@ -276,12 +294,43 @@ def residual_step(columns: torch.Tensor, params: ResidualParams | None = None) -
     )
 
 
+def _recompute_cancelled(update: torch.Tensor, work: torch.Tensor, weights: torch.Tensor,
+                         corrections: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Eq. 11 recomputed directly, ``sum_k p_k Deltatilde_kn``, on the coordinates where "uncorrected sum plus
+    weighted offsets" cancels catastrophically: a weighted move to the line 2^20 times larger than the
+    aggregate (a hostile 1e30 moved to the line leaves float32 rounding of ~1e23 behind, and an offset can
+    overflow). ``corrections``: the corrected entries' client rows, coordinates, offsets and corrected
+    values. Where no coordinate qualifies (ordinary rounds) ``update`` is returned unchanged, bit for bit."""
+    rows, cols, offsets, values = corrections
+    moved = (weights[rows] * offsets).abs()
+    suspect = moved > 2.0**20 * (update[cols].abs() + torch.finfo(update.dtype).tiny)
+    if not bool(suspect.any()):
+        return update
+    redo = torch.unique(cols[suspect])
+    corrected = work[:, redo].clone()  # [n, m]: the m coordinates' values, then the corrected entries set
+    position = torch.full((work.shape[1],), -1, dtype=torch.long, device=work.device)
+    position[redo] = torch.arange(redo.numel(), device=work.device)
+    hit = position[cols] >= 0
+    corrected[rows[hit], position[cols[hit]]] = values[hit]
+    update = update.clone()
+    update[redo] = weights @ corrected
+    return update
+
+
 @register
 class ResidualReweighting(Aggregator[ResidualParams]):
     """Residual-based reweighting (Fu et al., Algorithm 1, eqs. 1-11); see the module docstring."""
 
     name = "residual"
     Params = ResidualParams
+
+    @classmethod
+    def tolerated_rows(cls, params: ResidualParams, num_clients: int, num_byzantine: int) -> int:
+        """(n - 2) // 2 with the repeated-median line (its breakdown, see the ``repeated_median`` rule), fewer
+        than half with the median line."""
+        if params.estimator == "median":
+            return (num_clients - 1) // 2
+        return max(0, (num_clients - 2) // 2)
 
     @classmethod
     def check_setting(cls, params: ResidualParams, num_clients: int, num_byzantine: int) -> None:
@@ -298,7 +347,7 @@ class ResidualReweighting(Aggregator[ResidualParams]):
         if n <= 2:
             weights = torch.full((n,), 1.0 / n, device=device, dtype=updates.dtype)
             return AggregationResult(
-                update=updates.mean(dim=0),
+                update=mean_rows(updates),
                 weights=weights,
                 accepted=torch.ones(n, dtype=torch.bool, device=device),
                 info={"weight_min": 1.0 / n, "weight_max": 1.0 / n, "num_accepted": float(n),
@@ -308,7 +357,7 @@ class ResidualReweighting(Aggregator[ResidualParams]):
         # work elements per coordinate: the slopes (and their sort) plus ~16 [c, K] tensors of residual_step
         per_coordinate = (n * (n - 1) if p.estimator != "median" else 0) + _WORK_PER_CLIENT * n
         model_weight = torch.zeros(n, device=device, dtype=torch.float64)
-        rows, cols, offsets = [], [], []
+        rows, cols, offsets, values = [], [], [], []
         corrected_count = 0
         disagreeing = 0
         for block in coordinate_chunks(d, per_coordinate, p.chunk_size):
@@ -320,6 +369,7 @@ class ResidualReweighting(Aggregator[ResidualParams]):
                 cols.append(where[:, 0] + block.start)
                 rows.append(where[:, 1])
                 offsets.append((step.corrected - work[:, block].T)[fixed])
+                values.append(step.corrected[fixed])
                 corrected_count += where.shape[0]
             disagreeing += int((step.sigma > 0).sum())
         total = model_weight.sum()
@@ -329,10 +379,11 @@ class ResidualReweighting(Aggregator[ResidualParams]):
         else:
             weights = model_weight / total
         weights = weights.to(work.dtype)
-        update = weights @ work  # eq. 11 on the uncorrected updates ...
+        update = weighted_rows(weights, work)  # eq. 11 on the uncorrected updates ...
         if rows:  # ... plus each corrected entry's move to the line (eq. 9), weighted
-            rows_t, cols_t = torch.cat(rows), torch.cat(cols)
-            update.index_add_(0, cols_t, weights[rows_t] * torch.cat(offsets))
+            rows_t, cols_t, offsets_t = torch.cat(rows), torch.cat(cols), torch.cat(offsets)
+            update.index_add_(0, cols_t, weights[rows_t] * offsets_t)
+            update = _recompute_cancelled(update, work, weights, (rows_t, cols_t, offsets_t, torch.cat(values)))
         accepted = weights > p.accept_fraction / n
         return AggregationResult(
             update=update.to(updates.dtype),

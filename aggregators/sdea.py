@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext, require_server_inputs
-from byzlab.aggregators.numerics import generator_or_seeded
+from byzlab.aggregators.numerics import generator_or_seeded, update_norm_ratio, weighted_rows
 from byzlab.aggregators.registry import register
 
 
@@ -275,12 +275,26 @@ class SDEA(Aggregator[SDEAParams]):
     weights = the final aggregation weights; accepted = outside the malicious cluster (all True when
     Cooperative Cluster is off or finds one cluster); info: loss_final / l_is_final / l_cd_final (means over
     the last epoch's batches of the optimised loss and of both terms, nan when no step was taken),
-    num_clusters, malicious_cluster_size, skipped_steps, num_accepted.
+    num_clusters, malicious_cluster_size, skipped_steps, num_accepted, update_norm_ratio.
+
+    Hostile rows (``tolerated_rows`` = 0). SDEA judges a client by the entropy of the mixed model's
+    predictions, not by the size of its update, and faithfully so. A huge update (a 1e30 row) dominates the
+    mixed model whatever M is: its logits saturate (a confident model, zero gradient), overflow (every Adam
+    step skipped) or shift every class alike, so the loss is flat in M, softmax(M) stays uniform,
+    Cooperative Cluster finds one cluster and the update is the plain mean, ~1e30 / n; an outlier that
+    makes the model more confident is favoured anyway (SDEA §3.3, limitation ii). The rule keeps this and
+    reports it: ``info["update_norm_ratio"]`` = ``||update|| / median_i ||x_i||`` (about 1 or below in an
+    ordinary round, ~1e29 then). The weighted mean of finite rows stays finite (a float32 sum that
+    overflows is redone in float64), within the rows' coordinate range.
     """
 
     name = "sdea"
     Params = SDEAParams
     needs = frozenset({"global_params", "model_fn", "public_data", "generator"})
+
+    @classmethod
+    def tolerated_rows(cls, params: SDEAParams, num_clients: int, num_byzantine: int) -> int:
+        return 0
 
     def learn_weights(
         self, updates: torch.Tensor, ctx: RoundContext, generator: torch.Generator
@@ -344,9 +358,11 @@ class SDEA(Aggregator[SDEAParams]):
         else:
             weights, malicious, num_clusters = learned, torch.zeros(n, dtype=torch.bool, device=updates.device), 1
         accepted = ~malicious
+        update = weighted_rows(weights, updates)
         info.update(
             num_clusters=float(num_clusters),
             malicious_cluster_size=float(malicious.sum()),
             num_accepted=float(accepted.sum()),
+            update_norm_ratio=update_norm_ratio(update, updates),
         )
-        return AggregationResult(weights @ updates, weights, accepted, info)
+        return AggregationResult(update, weights, accepted, info)

@@ -42,7 +42,7 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import generator_or_seeded, sample_coordinates
+from byzlab.aggregators.numerics import generator_or_seeded, safe_row_norms, sample_coordinates, weighted_rows
 from byzlab.aggregators.registry import register
 
 
@@ -101,16 +101,30 @@ def largest_cluster(features: torch.Tensor, quantile: float = 0.5) -> tuple[torc
 
 @register
 class SignGuard(Aggregator[SignGuardParams]):
-    """SignGuard: norm filter ∩ largest sign-statistics cluster, mean of the survivors clipped to the median norm."""
+    """SignGuard: norm filter ∩ largest sign-statistics cluster, mean of the survivors clipped to the median norm.
+
+    Hostile rows (``tolerated_rows``: fewer than half). While the median norm M is an honest one, a row
+    outside [L·M, R·M] is dropped and every selected row is clipped to M, so the aggregate's norm is at most
+    M. Norms are float32 as in the authors' code, recomputed in float64 when a sum of squares overflows (a
+    row beyond ~1e19 per entry), so such rows are measured, not turned into inf (and inf / inf scales into
+    NaN). Past the breakdown point M is a hostile norm: hostile rows pass the filter and the clipped mean is
+    as large as they are, finite (a sum that overflows float32 is redone in float64).
+    """
 
     name = "signguard"
     Params = SignGuardParams
     needs = frozenset({"generator"})  # when sampling coordinates (k < d)
 
+    @classmethod
+    def tolerated_rows(cls, params: SignGuardParams, num_clients: int, num_byzantine: int) -> int:
+        return (num_clients - 1) // 2
+
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         n, d = updates.shape
         p = self.params
         norms = torch.linalg.vector_norm(updates, dim=1)
+        if not bool(torch.isfinite(norms).all()):  # a float32 sum of squares overflowed: float64 norms
+            norms = safe_row_norms(updates)
         by_norm, median = norm_filter(norms, p.norm_low, p.norm_high)
 
         k = min(d, max(int(p.sample_fraction * d), p.min_coordinates, 1))
@@ -122,9 +136,9 @@ class SignGuard(Aggregator[SignGuardParams]):
         selected = by_norm & by_sign
         count = int(selected.sum())
         scale = torch.where(norms > median, median / norms.clamp_min(1e-30), torch.ones_like(norms))
-        weights = torch.where(selected, scale, torch.zeros_like(scale)) / max(count, 1)
+        weights = (torch.where(selected, scale, torch.zeros_like(scale)) / max(count, 1)).to(updates.dtype)
         return AggregationResult(
-            update=weights @ updates,
+            update=weighted_rows(weights, updates),
             weights=weights,
             accepted=selected,
             info={

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import Weighting, clip_scales, client_weights
+from byzlab.aggregators.numerics import Weighting, client_weights, clip_scales_wide, safe_row_norms
 from byzlab.aggregators.registry import register
 
 
@@ -67,11 +67,20 @@ class SparseFed(Aggregator[SparseFedParams]):
 
     ``weights``: each client's share of the averaged (pre-sparsification) update ``w_i s_i / sum_j w_j s_j``
     with s_i the clip factor. ``info``: ``clipped``, ``k``, ``error_norm`` (what stays in the accumulator).
+
+    Hostile rows (``tolerated_rows``: any number): after clipping every row contributes at most ``w_i L``
+    in norm, so a round adds at most L to the accumulator whatever the rows are (Panda et al.: clipping
+    bounds each attacker's contribution, sparsification then limits which coordinates it reaches). Norms
+    that overflow float32 are recomputed in float64 (``numerics.safe_row_norms``).
     """
 
     name = "sparsefed"
     Params = SparseFedParams
     needs = frozenset({"num_samples"})  # used with weighting = "samples"
+
+    @classmethod
+    def tolerated_rows(cls, params: SparseFedParams, num_clients: int, num_byzantine: int) -> int:
+        return num_clients
 
     def __init__(self, params: SparseFedParams) -> None:
         super().__init__(params)
@@ -89,7 +98,7 @@ class SparseFed(Aggregator[SparseFedParams]):
         p = self.params
         d = updates.shape[1]
         weights = client_weights(p.weighting, ctx.num_samples, updates)
-        scales = clip_scales(torch.linalg.vector_norm(updates, dim=1), p.clip)
+        scales = clip_scales_wide(safe_row_norms(updates), p.clip, updates.dtype)
         mixed = weights * scales
         g = mixed @ updates
 

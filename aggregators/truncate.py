@@ -93,6 +93,8 @@ def weighted_trimmed_mean(
         kept = torch.where(kept > 1e-12, kept, 0.0)
         kept = kept / kept.sum(dim=0)
         out[cols] = (kept.to(updates.dtype) * ordered).sum(dim=0)
+        if not bool(torch.isfinite(out[cols]).all()):  # values near float32's largest: sum in float64
+            out[cols] = (kept * ordered.double()).sum(dim=0).to(updates.dtype)
         shares += torch.zeros_like(kept).scatter_(0, order, kept).sum(dim=1)
     return out, shares / d
 
@@ -162,11 +164,25 @@ class Truncate(Aggregator[TruncateParams]):
     gets the same weight). No client is selected (``accepted`` is None). ``check_setting`` refuses settings
     where no cap can exist (ceil(top_fraction * n) > mass * n) and a trimmed mass of half or more (beta,
     or f / n, the least the default can be).
+
+    Hostile rows (``tolerated_rows``): as many as the trimmed mass covers, f with the default beta, floor(beta
+    n) with beta set (equal claims: a heavy claim takes more of the trimmed mass); every kept value then lies
+    between honest values (Yin et al., Definition 2, weighted). Past it, hostile values are averaged in and
+    the aggregate is as large as they are: finite (a sum that overflows float32 is redone in float64),
+    within the rows' coordinate range.
     """
 
     name = "truncate"
     Params = TruncateParams
     needs = frozenset({"num_samples"})
+
+    @classmethod
+    def tolerated_rows(cls, params: TruncateParams, num_clients: int, num_byzantine: int) -> int:
+        if params.beta is not None:
+            trimmed = math.floor(params.beta * num_clients + 1e-9)
+        else:
+            trimmed = num_byzantine if num_byzantine > 0 else math.floor(0.1 * num_clients + 1e-9)
+        return min(trimmed, (num_clients - 1) // 2)
 
     @classmethod
     def check_setting(cls, params: TruncateParams, num_clients: int, num_byzantine: int) -> None:

@@ -30,7 +30,7 @@ AttackKind = Literal["model", "data", "quantity"]
 class AttackParams(BaseModel):
     """Base of every attack's parameter schema: unknown parameters are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no NaN or infinite values
 
 
 @dataclass
@@ -83,6 +83,11 @@ class DataAttack(Attack[P]):
     needs_images: ClassVar[bool] = False  # True for pixel-trigger attacks: refused on tabular data
     needs_features: ClassVar[bool] = False  # True for feature-value triggers: bound to named tabular features
     needs_vocabulary: ClassVar[bool] = False  # True for token triggers: bound to a text vocabulary
+
+    def check_data(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        """Refuse (one-line ValueError naming the parameter) settings that do not fit the loaded data: class
+        ids beyond ``num_classes``, a trigger outside the ``input_shape`` images. Called once on the driver,
+        after the data is loaded and before anything is written, so a misfit never reaches an actor."""
 
     def poison_labels(self, y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
         """Labels the attacker trains on, redrawn once per run (label-flipping attacks)."""

@@ -88,6 +88,13 @@ def transition_matrix(kind: NoiseKind, num_classes: int, epsilon: float) -> torc
     return eye * (1.0 - epsilon) + off
 
 
+def check_class(attack: str, field: str, value: int | None, num_classes: int) -> None:
+    """A class-id parameter names a class of the task: ValueError naming it and the allowed ids."""
+    if value is not None and value >= num_classes:
+        raise ValueError(f"{attack} {field}={value} is not a class of a {num_classes}-class task "
+                         f"(class ids 0..{num_classes - 1})")
+
+
 def _check_labels(y: torch.Tensor, num_classes: int) -> None:
     if y.dim() != 1:
         raise ValueError(f"labels must be a 1-d tensor, got shape {tuple(y.shape)}")
@@ -171,14 +178,16 @@ class LabelFlip(DataAttack[LabelFlipParams]):
     name = "label_flip"
     Params = LabelFlipParams
 
+    def check_data(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        for field in ("source", "target"):
+            check_class(self.name, field, getattr(self.params, field), num_classes)
+
     def poison_labels(self, y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
         _check_labels(y, num_classes)
         source, target = self.params.source, self.params.target
         if source is None:
             return (num_classes - 1) - y
-        for field, value in (("source", source), ("target", target)):
-            if value >= num_classes:
-                raise ValueError(f"label_flip {field}={value} is not a class of a {num_classes}-class task")
+        self.check_data((), num_classes)
         return torch.where(y == source, torch.full_like(y, target), y)
 
 
@@ -306,6 +315,16 @@ class _TriggerAttack(DataAttack[TP]):
     def global_trigger(self) -> Trigger:
         """The full trigger used at test time."""
         raise NotImplementedError
+
+    def check_data(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        """The target is a class; the full trigger (every attacker's part is inside it) fits the
+        ``(C, H, W)`` images."""
+        check_class(self.name, "target", self.params.target, num_classes)
+        if len(input_shape) == 3:
+            try:
+                self.global_trigger().slices(input_shape[1], input_shape[2])
+            except ValueError as err:
+                raise ValueError(f"{self.name}: {err}; move it with row and col or make it smaller") from None
 
     def poison_batch(
         self, x: torch.Tensor, y: torch.Tensor, attacker: int, num_attackers: int, generator: torch.Generator

@@ -481,6 +481,11 @@ class ByzMeanParams(AttackParams):
     def _base_params_valid(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         base = info.data.get("base")
         if base is not None:
+            own = attack_class(base).Params.model_fields
+            unknown = [key for key in value if key not in own]
+            if unknown:
+                raise ValueError(f"attack '{base}' parameter '{unknown[0]}': Extra inputs are not permitted "
+                                 f"(it takes: {', '.join(own) or 'none'})")
             validate_params(base, value)  # raises ValueError naming the base attack's parameter
         return value
 

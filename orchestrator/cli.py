@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from byzlab.orchestrator.core.errors import ConfigError, DatasetNotFoundError
+from byzlab.orchestrator.core.errors import ConfigError, DatasetNotFoundError, RunAbortedError
 from byzlab.orchestrator.config import load_config, run_id
 
 
@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+UI_PORT = 5000  # byzlab ui's default port, in the links it prints
 
 OverrideOption = typer.Option(
     [], "-o", "--override", metavar="KEY=VALUE", help="dotted override, e.g. -o partition.beta=0.3 (repeatable)"
@@ -43,9 +44,11 @@ def _importable_here() -> None:
         sys.path.append(os.getcwd())
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """Print ``message`` as one ``error:`` line and exit with ``code`` (2: bad input; 1: the run failed)."""
+    message = " ".join(message.split("\n"))  # one line, whatever the error's text holds
     errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets are text
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _progress() -> Progress:
@@ -104,8 +107,13 @@ def run(
             result = experiment.execute(prepared, on_round=on_round, address=address)
         except ConfigError as err:
             _fail(str(err))
+        except RunAbortedError as err:
+            _fail(str(err), code=1)
         except KeyboardInterrupt:
-            errors.print(f"interrupted; continue with: byzlab run --resume {run_dir}")
+            if (run_dir / "run.json").is_file():
+                errors.print(f"interrupted; continue with: byzlab run --resume {run_dir}")
+            else:
+                errors.print("interrupted before the run wrote anything; nothing to resume")
             raise typer.Exit(130) from None
 
     if result.status == "already finished":
@@ -123,6 +131,9 @@ def _finish_sweep(outcome) -> None:
         errors.print(f"failed: {failure}", highlight=False, soft_wrap=True)
     if outcome.report:
         console.print(f"table: {outcome.report[0]}  (all report files in {outcome.report[0].parent})", soft_wrap=True)
+    if outcome.parent_run:
+        console.print(f"MLflow: byzlab ui {outcome.ui_options}, then open its parent run "
+                      f"{ui_link(UI_PORT, *outcome.parent_run)}", soft_wrap=True, highlight=False)
     if not outcome.complete:
         console.print(f"continue with: byzlab resume {outcome.directory}", soft_wrap=True)
         raise typer.Exit(1)
@@ -142,6 +153,9 @@ def sweep(
     from byzlab.sweeps import runner
     from byzlab.sweeps.spec import load_sweep
 
+    if Path(sweep_file).is_dir():
+        _fail(f"sweep file '{sweep_file}' is a directory; give the sweep's YAML file (or `byzlab resume` a sweep "
+              "directory)")
     try:
         grid = load_sweep(sweep_file)
         if dry_run:
@@ -201,7 +215,7 @@ def validate(
     """Check a config and print it fully resolved, with its run id."""
     try:
         cfg = load_config(config, override)
-    except ConfigError as err:
+    except (ConfigError, DatasetNotFoundError) as err:
         _fail(str(err))
     console.print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="", highlight=False)
     console.print(f"# valid; run id {run_id(cfg)}")
@@ -261,15 +275,47 @@ def list_(what: Listing = typer.Argument(..., help="what to list")) -> None:
 def ui(
     output_dir: Path = typer.Option(Path("byzlab-results"), "--output-dir", help="the runs' run.output_dir"),
     uri: Optional[str] = typer.Option(None, "--uri", help="MLflow tracking URI (default: the output dir's store)"),
-    port: int = typer.Option(5000, "--port"),
+    port: int = typer.Option(UI_PORT, "--port"),
 ) -> None:
-    """Open the MLflow UI on the run store, bound to 127.0.0.1 only."""
-    from byzlab.orchestrator.run.tracking import default_tracking_uri
+    """Open the MLflow UI on the run store, bound to 127.0.0.1 only; prints each experiment's runs table."""
+    from byzlab.orchestrator.run.tracking import default_tracking_uri, store_client
 
     store = uri or default_tracking_uri(output_dir)
     if uri is None and not (output_dir / "mlflow.db").is_file():
         _fail(f"no MLflow store at {output_dir / 'mlflow.db'}; run an experiment first or pass --output-dir")
-    mlflow = shutil.which("mlflow") or _fail("the mlflow command is not installed")
-    console.print(f"MLflow UI on http://127.0.0.1:{port}  (store {store}); Ctrl-C to stop")
+    client = store_client(store)
+    experiments = [e for e in client.search_experiments() if client.search_runs([e.experiment_id], max_results=1)]
+    console.print(f"MLflow UI on http://127.0.0.1:{port}  (store {store}); Ctrl-C to stop", soft_wrap=True)
+    for experiment in experiments:  # a fresh browser on the bare address lands on MLflow's GenAI pages
+        view = _save_runs_view(client, experiment.experiment_id)
+        console.print(f"runs of {experiment.name}: {ui_link(port, experiment.experiment_id)}?{view}",
+                      soft_wrap=True, highlight=False)
     sys.stdout.flush()
-    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)])
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI jobs: 7 idle worker processes
+    # This interpreter's MLflow, found without PATH (the environment's bin/ need not be on it).
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                              "--host", "127.0.0.1", "--port", str(port)])
+
+
+def ui_link(port: int, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs table, or of one run."""
+    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+
+
+RUNS_VIEW = "byzlab"  # the runs table's shared view, an experiment tag mlflow.sharedViewState.<name>
+_RUNS_VIEW = {
+    "selectedColumns": ["tags.`byzlab.defense`", "tags.`byzlab.attack`", "metrics.`acc_last5_mean`",
+                        "metrics.`acc_best`"],
+    # grouped by dataset: a sweep's trials are listed with the single runs, not folded under the sweep's
+    # parent run (unfolded rows are not part of a shared view; the parent runs form MLflow's "Additional runs")
+    "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "byzlab.dataset"}]},
+}
+
+
+def _save_runs_view(client, experiment_id: str) -> str:
+    """Save the runs table's view byzlab links to (every experiment, sweep trials included, grouped by
+    dataset, with its defense, attack and accuracies) as an MLflow shared view; returns its URL query.
+    Without it the table shows none of these columns: MLflow keeps the columns chosen in the browser's
+    storage, not in the link."""
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{RUNS_VIEW}", json.dumps(_RUNS_VIEW))
+    return f"viewStateShareKey={RUNS_VIEW}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 import uuid
@@ -83,6 +84,8 @@ class SweepOutcome:
     finished: int
     failed: list[str] = field(default_factory=list)  # "<trial>: <error>" per failed trial
     report: list[Path] = field(default_factory=list)
+    parent_run: tuple[str, str] | None = None  # (MLflow experiment id, parent run id) of a tracked sweep
+    ui_options: str = ""  # the `byzlab ui` options that open the sweep's MLflow store
 
     @property
     def complete(self) -> bool:
@@ -321,7 +324,17 @@ def _run(plan_: SweepPlan, tuner: tune.Tuner, parent_run_id: str | None) -> Swee
     status = "finished" if outcome.complete else ("failed" if failed else "interrupted")
     _write_state(directory, status=status, finished_trials=finished)
     _end_parent_run(plan_, parent_run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+    if parent_run_id:
+        outcome.parent_run = (open_experiment(plan_.base)[1], parent_run_id)
+        outcome.ui_options = _ui_options(plan_.base)
     return outcome
+
+
+def _ui_options(base: ExperimentConfig) -> str:
+    """``byzlab ui`` options that open this config's MLflow store from any directory."""
+    if base.tracking.uri is not None:
+        return f"--uri {shlex.quote(base.tracking.uri)}"
+    return f"--output-dir {shlex.quote(str(Path(base.run.output_dir).resolve()))}"
 
 
 def _end_parent_run(plan_: SweepPlan, parent_run_id: str | None, status: str) -> None:

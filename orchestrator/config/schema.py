@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import types
 from copy import copy
-from typing import Annotated, Any, ClassVar, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
 from byzlab import aggregators
 from byzlab import attacks
@@ -31,8 +32,61 @@ from byzlab.orchestrator.config import plugins
 plugins.install()  # entry-point plug-ins join the registries before the classes below are built from them
 
 
+def _takes_number(annotation: Any) -> bool:
+    """Whether a field's annotation is a number (int or float, optional or constrained), not a bool."""
+    if get_origin(annotation) is Annotated:
+        return _takes_number(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_takes_number(arg) for arg in get_args(annotation))
+    return annotation in (int, float)
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Every section: unknown keys, NaN and infinite numbers are errors, and so is a bool where a number
+    goes (pydantic would read ``true`` as 1)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and _takes_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
+
+    @classmethod
+    def known_keys(cls, given: Any) -> list[str]:
+        """The keys this section takes, for an error about an unknown one (``given``: the section as written)."""
+        return list(cls.model_fields)
+
+
+def _finite(field: str, value: Any) -> None:
+    """ValueError naming ``field`` when ``value`` (a parameter dict, a list of them) holds NaN or an infinity:
+    the parameters validated by a component's own schema, which may allow them."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite(f"{field}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _finite(f"{field}[{i}]", item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{field}: must be a finite number (got {value})")
+
+
+def _validated_params(registry: Registry, name: str, params: dict[str, Any], field: str) -> dict[str, Any]:
+    """The component's parameters validated by its schema, defaults filled in: an unknown one is answered with
+    those it takes, and a NaN or infinite one is refused whatever its schema allows."""
+    own = registry.get(name).Params.model_fields
+    unknown = [key for key in params if key not in own]
+    if unknown:
+        raise ValueError(f"{registry.what} '{name}' parameter '{unknown[0]}': Extra inputs are not permitted "
+                         f"(it takes: {', '.join(own) or 'none'})")
+    try:
+        validated = registry.validate_params(name, params).model_dump()
+    except ValueError as err:
+        raise ValueError(str(err).replace("Value error, ", "")) from None
+    _finite(field, validated)
+    return validated
 
 
 def _parameter_fields(registry: Registry, *, keep_defaults: bool) -> dict[str, Any]:
@@ -93,6 +147,16 @@ class _ComponentSection(_Section):
             recorded = self.record_defaults or value != own[param].get_default(call_default_factory=True)
             setattr(self, param, value if recorded else None)
 
+    @classmethod
+    def known_keys(cls, given: Any) -> list[str]:
+        """The name key and the parameters of the component the section names (all of them when it names
+        none, or auto)."""
+        default = cls.model_fields[cls.name_field].default
+        name = given.get(cls.name_field, default) if isinstance(given, dict) else default
+        if not isinstance(name, str) or name not in cls.registry.names():
+            return list(cls.model_fields)
+        return [cls.name_field, *cls.registry.get(name).Params.model_fields]
+
     def parameters(self) -> dict[str, Any]:
         """The chosen component's parameters, by name (the values given; the component fills in the rest)."""
         own = self.registry.get(getattr(self, self.name_field)).Params.model_fields
@@ -122,6 +186,14 @@ class _DataSection(_Section):
             keep = param in recorded or value != own[param].get_default(call_default_factory=True)
             setattr(self, param, value if keep else None)
         return self
+
+    @classmethod
+    def known_keys(cls, given: Any) -> list[str]:
+        """The section's own keys and the parameters of the dataset it names (digits when none)."""
+        name = given.get("dataset", "digits") if isinstance(given, dict) else "digits"
+        if not isinstance(name, str) or name not in DATASETS.names():
+            return list(cls.model_fields)
+        return [*_DataSection.model_fields, *DATASETS.get(name).Params.model_fields]
 
     def parameters(self) -> dict[str, Any]:
         """The chosen dataset's parameters that are set, by name (the loader fills in the rest)."""
@@ -231,13 +303,25 @@ class ServerConfig(_Section):
 
     @model_validator(mode="after")
     def _aggregator(self) -> ServerConfig:
-        params = aggregators.validate_params(self.aggregator, self.aggregator_params)
-        self.aggregator_params = params.model_dump()
+        self.aggregator_params = _validated_params(
+            aggregators.AGGREGATORS, self.aggregator, self.aggregator_params, "aggregator_params")
         self._optimizer()
-        self.pre_aggregators = aggregators.pipeline.normalise_specs(self.pre_aggregators)
+        self._pre_aggregators()
         aggregators.pipeline.check_compatible(self.pre_aggregators, self.aggregator, self.aggregator_params)
         return self
 
+    def _pre_aggregators(self) -> None:
+        """Each entry validated and filled in; an unknown parameter is answered with those it takes."""
+        for i, spec in enumerate(self.pre_aggregators):
+            name = spec.get("name")
+            if isinstance(name, str) and name in aggregators.PRE_AGGREGATORS.names():
+                own = aggregators.PRE_AGGREGATORS.get(name).Params.model_fields
+                unknown = [key for key in spec if key != "name" and key not in own]
+                if unknown:
+                    raise ValueError(f"pre_aggregators[{i}]: pre-aggregator '{name}' parameter '{unknown[0]}': Extra "
+                                     f"inputs are not permitted (it takes: {', '.join(own) or 'none'})")
+        self.pre_aggregators = aggregators.pipeline.normalise_specs(self.pre_aggregators)
+        _finite("pre_aggregators", self.pre_aggregators)
 
     def _optimizer(self) -> None:
         """FedAvgM's momentum is ``server.momentum``; the adaptive optimizers take ``optimizer_params``."""
@@ -247,11 +331,15 @@ class ServerConfig(_Section):
             return
         if self.momentum != 0:
             raise ValueError(f"momentum applies to fedavgm only; {self.optimizer}'s is optimizer_params.beta1")
-        self.optimizer_params = SERVER_OPTIMIZERS.validate_params(self.optimizer, self.optimizer_params).model_dump()
+        self.optimizer_params = _validated_params(SERVER_OPTIMIZERS, self.optimizer, self.optimizer_params,
+                                                  "optimizer_params")
 
     def optimizer_parameters(self) -> dict[str, Any]:
         """What the optimizer is built with: fedavgm's momentum, or the adaptive ones' parameters."""
         return {"momentum": self.momentum} if self.optimizer == "fedavgm" else self.optimizer_params
+
+
+MAX_ROUNDS = 1_000_000
 
 
 def malicious_count(fraction: float, num_clients: int) -> int:
@@ -289,11 +377,16 @@ class ThreatConfig(_Section):
                 if getattr(self, params_field):
                     raise ValueError(f"{params_field} given but {name_field} is 'none'")
                 continue
+            if name not in attacks.ATTACKS.names() and name not in attacks.ATTACKS.broken():
+                known = sorted(n for k in kinds for n in attacks.names(k))
+                what = "quantity attack" if kinds == ("quantity",) else "attack"
+                raise ValueError(f"unknown {what} '{name}'; known: {', '.join(known)} (none: no attack)")
             cls = attacks.attack_class(name)
             if cls.kind not in kinds:
                 allowed = ", ".join(n for k in kinds for n in attacks.names(k))
                 raise ValueError(f"{name_field}: '{name}' is a {cls.kind} attack; allowed: none, {allowed}")
-            setattr(self, params_field, attacks.validate_params(name, getattr(self, params_field)).model_dump())
+            params = _validated_params(attacks.ATTACKS, name, getattr(self, params_field), params_field)
+            setattr(self, params_field, params)
             if self.fraction == 0:
                 raise ValueError(f"{name_field} '{name}' needs fraction > 0")
         return self
@@ -304,8 +397,9 @@ class ThreatConfig(_Section):
 
 
 class RunConfig(_Section):
-    rounds: int = Field(20, ge=1, description="communication rounds")
-    seed: int = Field(0, description="seed of everything random in the run")
+    # At most a million rounds: a run's segment files number rounds with seven digits.
+    rounds: int = Field(20, ge=1, le=MAX_ROUNDS, description="communication rounds")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of everything random in the run (0 <= seed < 2^63)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when the actor has a GPU")
     eval_every: int = Field(1, ge=1, description="evaluate the global model every k rounds (and the last)")
     checkpoint_every: int = Field(5, ge=1, description="save full state every k rounds (and the last)")
@@ -315,6 +409,8 @@ class RunConfig(_Section):
     server_cpus: float = Field(1.0, gt=0, description="CPUs reserved for the server actor")
     server_gpus: float | None = Field(None, ge=0, description="GPUs for the server actor (default: see README)")
     output_dir: str = Field("byzlab-results", description="where run directories and the MLflow store go")
+    actor_restarts: int = Field(2, ge=0, description="times a run restarts its actors from the last checkpoint "
+                                "when one dies, before it stops (resumable)")
 
     @model_validator(mode="after")
     def _cuda_needs_gpus(self) -> RunConfig:
@@ -347,6 +443,7 @@ class ExperimentConfig(_Section):
             self.model.fill_parameters()
         except ValueError as err:
             raise ValueError(f"model: {err}") from None
+        self._check_threat_setting()
         self._check_aggregator_setting()
         if self.run.client_actors > self.clients.num_clients:
             raise ValueError(
@@ -362,6 +459,21 @@ class ExperimentConfig(_Section):
             return self.threat.declared_byzantine
         malicious = malicious_count(self.threat.fraction, self.clients.num_clients)
         return math.ceil(malicious * self.clients.clients_per_round / self.clients.num_clients)
+
+    def _check_threat_setting(self) -> None:
+        """The defense is told fewer Byzantine updates than a round has, and an attack starts before the run ends."""
+        threat, per_round = self.threat, self.clients.clients_per_round
+        if threat.declared_byzantine is not None and threat.declared_byzantine >= per_round:
+            raise ValueError(
+                f"threat.declared_byzantine ({threat.declared_byzantine}) must be less than the updates per round "
+                f"(clients.clients_per_round = {per_round}): at least one update of a round is honest"
+            )
+        attacking = threat.attack != "none" or threat.quantity_attack != "none"
+        if attacking and threat.start_round > self.run.rounds:
+            raise ValueError(
+                f"threat.start_round ({threat.start_round}) is after the last round (run.rounds = {self.run.rounds}): "
+                "the attackers would never attack"
+            )
 
     def _check_aggregator_setting(self) -> None:
         """The rule (after any pre-aggregators) can run with the round's size and Byzantine count."""
@@ -432,7 +544,7 @@ def experiment_schema() -> type[ExperimentConfig]:
 # of the run's identity.
 _EXECUTION_FIELDS = {
     "run": ("output_dir", "checkpoint_every", "client_actors", "client_actor_cpus", "client_actor_gpus",
-            "server_cpus", "server_gpus"),
+            "server_cpus", "server_gpus", "actor_restarts"),
     "tracking": ("enabled", "uri", "experiment"),
 }
 

@@ -7,3 +7,8 @@ class ConfigError(ValueError):
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not on disk and downloading was not allowed."""
+
+
+class RunAbortedError(RuntimeError):
+    """A run that stopped for a reason outside the config (its actors kept dying), phrased as one line
+    that says how to continue it."""

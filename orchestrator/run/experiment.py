@@ -9,12 +9,16 @@ and gives the same numbers as an uninterrupted one (randomness is keyed by seed,
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import itertools
 import logging
+import os
 import shutil
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -22,18 +26,20 @@ from typing import Any, Callable, Literal
 import numpy as np
 import pyarrow as pa
 import ray
+from ray.exceptions import AuthenticationError, RayActorError
 
 from byzlab.actors.client import ClientActor
 from byzlab.actors.resources import RunResources, check_fits, plan_resources
 from byzlab.actors.server import ServerActor
 from byzlab.orchestrator.config import ExperimentConfig, build_config, run_id
 from byzlab.orchestrator.config.plugins import loaded_plugin_modules, plugin_modules
-from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.core.errors import ConfigError, RunAbortedError
 from byzlab.orchestrator.core.plugins import code_roots, first_line
 from byzlab.orchestrator.data.partition import label_histograms, partition_hash
-from byzlab.orchestrator.run.storage import RunDirectory, rows_to_table
+from byzlab.orchestrator.run.locking import run_lock
+from byzlab.orchestrator.run.storage import RESTORE, DamagedRunError, RunDirectory, check_output_dir, rows_to_table
 from byzlab.orchestrator.run.tracking import ParentRun, Tracker
-from byzlab.orchestrator.specs.inputs import RunInputs, resolve_inputs
+from byzlab.orchestrator.specs.inputs import RunInputs, num_flat_params, resolve_inputs
 
 RoundCallback = Callable[[dict[str, Any]], None]
 RunState = Literal["new", "resumed", "finished"]  # what executing a prepared run means
@@ -70,8 +76,10 @@ def is_checkpoint_round(cfg: ExperimentConfig, round_index: int) -> bool:
 
 
 def prepare(cfg: ExperimentConfig, *, force: bool = False) -> Prepared:
-    """Resolve the run's inputs; decide what running ``cfg`` means given what is on disk."""
+    """Resolve the run's inputs; decide what running ``cfg`` means given what is on disk. Writes nothing; an
+    existing run directory of ``cfg`` that is damaged is a DamagedRunError (one line) unless ``force``."""
     inputs = resolve_inputs(cfg)
+    check_output_dir(Path(cfg.run.output_dir))
     run_dir = RunDirectory(Path(cfg.run.output_dir) / run_id(cfg))
     state: RunState = "new"
     if run_dir.exists() and not force:
@@ -80,17 +88,32 @@ def prepare(cfg: ExperimentConfig, *, force: bool = False) -> Prepared:
                 f"an unfinished run with this config exists in {run_dir.path}; continue it with "
                 f"`byzlab run --resume {run_dir.path}` or start over with --force"
             )
+        run_dir.check_finished()
         state = "finished"
     return Prepared(cfg, inputs, run_dir, state, force=force)
 
 
 def prepare_resume(path: str | Path) -> Prepared:
+    """The run in directory ``path`` as its files say, every file it will read checked first: a damaged one
+    is a DamagedRunError naming the file and how to recover; nothing is written."""
     run_dir = RunDirectory(path)
     if not run_dir.exists():
-        raise ConfigError(f"'{path}' is not a byzlab run directory (no run.json)")
-    cfg = build_config(run_dir.read_config())
-    state: RunState = "finished" if run_dir.read_state()["status"] == "finished" else "resumed"
-    return Prepared(cfg, resolve_inputs(cfg), run_dir, state)
+        what = "is a file" if run_dir.path.is_file() else "does not exist" if not run_dir.path.exists() else \
+            "has no run.json"
+        raise ConfigError(f"'{path}' is not a byzlab run directory ({what}); --resume takes byzlab-results/<run id>")
+    finished = run_dir.read_state()["status"] == "finished"
+    try:
+        cfg = build_config(run_dir.read_config())
+    except DamagedRunError:
+        raise
+    except ConfigError as err:
+        raise run_dir.damaged(run_dir.config_path, f"is not a valid config ({err})", RESTORE) from None
+    inputs = resolve_inputs(cfg)
+    if finished:
+        run_dir.check_finished()
+    else:
+        run_dir.check_resumable(num_flat_params(inputs.client.model), cfg.run.rounds)
+    return Prepared(cfg, inputs, run_dir, "finished" if finished else "resumed")
 
 
 def ensure_ray(address: str | None = None, *, log_to_driver: bool = True, plugins: Sequence[str] | None = None) -> None:
@@ -105,14 +128,75 @@ def ensure_ray(address: str | None = None, *, log_to_driver: bool = True, plugin
     before anything is written."""
     if not ray.is_initialized():
         roots = code_roots(loaded_plugin_modules() if plugins is None else plugins)
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=log_to_driver,
-                 runtime_env={"py_modules": roots} if roots else None)
+        local = _starts_local_cluster(address)
+        try:
+            with _loopback_only() if local else _unchanged():
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=log_to_driver, runtime_env={"py_modules": roots} if roots else None)
+        except (ConnectionError, AuthenticationError) as err:
+            if local:
+                raise
+            raise ConfigError(_join_failure(address, err)) from None
     if plugins and ray.get_runtime_context().get_actor_id() is None:  # in an actor (a Tune trial) it imported them
         failures = ray.get(_import_in_worker.remote(list(plugins)))
         if failures:
             raise ConfigError(f"plug-in module {failures[0]} does not import in the Ray workers: install it on every "
                               "node or ship it in ray.init(runtime_env={'py_modules': [...]}) (README, \"Your own "
                               "components\")")
+
+
+# Ray 2.60 has no bind-address setting: each server binds the loopback address when the node's address is a
+# loopback one, and every interface otherwise ("::"/"0.0.0.0"; the runtime-env agent: the node address).
+# ray.init and `ray start` turn a loopback --node-ip-address into the machine's routable address unless
+# ray_constants.ENABLE_RAY_CLUSTER is false (the macOS/Windows single-machine mode, env var below), which
+# makes the node address 127.0.0.1 (::1 where localhost is IPv6). README, "A multi-node cluster, securely".
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def _starts_local_cluster(address: str | None) -> bool:
+    """Whether ``ray.init(address=address)`` starts a new cluster on this machine (RAY_ADDRESS would join one)."""
+    return address == "local" or (address is None and not os.environ.get("RAY_ADDRESS"))
+
+
+def _join_failure(address: str | None, err: Exception) -> str:
+    """One line on a cluster that could not be joined; Ray's own error is the last of ~20 s of retry logs."""
+    token = "" if os.environ.get(_AUTH_MODE_ENV, "").lower() == "token" else (
+        f"; a cluster with token authentication also needs {_AUTH_MODE_ENV}=token here and its token "
+        "(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)")
+    return (f"cannot join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {first_line(err)}{token} "
+            "(README, \"A multi-node cluster, securely\")")
+
+
+@contextmanager
+def _unchanged() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local cluster starts: its node address is loopback, so the GCS, raylet, driver, workers and
+    agents listen on loopback only (the processes started now inherit the setting; this process gets its own
+    back afterwards). Ray's token authentication, on by default for a new local cluster (RAY_AUTH_MODE unset;
+    ray.init makes the token), is left on: other local users reach loopback ports too."""
+    from ray._private import ray_constants
+
+    mode = os.environ.get(_AUTH_MODE_ENV)
+    if mode is not None and mode.lower() != "token":
+        logging.getLogger(__name__).warning(
+            "%s=%s: the local Ray cluster runs without token authentication; any local user can reach it",
+            _AUTH_MODE_ENV, mode)
+    saved_env, saved_flag = os.environ.get(_SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = saved_env
 
 
 @ray.remote(num_cpus=0)
@@ -186,6 +270,15 @@ class ActiveRun:
         if self.tracker:
             self.tracker.log_round(report["metrics"])
 
+    def restart_from_checkpoint(self) -> None:
+        """Drop the rounds since the last checkpoint (their actors died): the run continues from it, and
+        since every round is keyed by (seed, round, client), the rerun rounds give the same numbers."""
+        run_dir = self.prepared.run_dir
+        self.checkpoint = run_dir.load_checkpoint()
+        self.start_round = self.checkpoint["round"] if self.checkpoint else 0
+        run_dir.rewind(self.start_round)
+        self.pending_metrics, self.pending_clients = [], []
+
     def persist(self, round_index: int, server_state: dict[str, Any] | None) -> None:
         """Segments first, then the checkpoint: a crash in between leaves a segment that resume drops.
         ``server_state`` None (an interrupted run) stores the pending rows without a checkpoint."""
@@ -207,11 +300,9 @@ def _open(prepared: Prepared, parent: ParentRun | None) -> ActiveRun:
     cfg, run_dir = prepared.cfg, prepared.run_dir
     if prepared.state == "resumed":
         mlflow_run_id = run_dir.read_state().get("mlflow_run_id")
-        checkpoint = run_dir.load_checkpoint()
-        start_round = checkpoint["round"] if checkpoint else 0
-        run_dir.rewind(start_round)
         tracker = Tracker.reopen(cfg, mlflow_run_id) if mlflow_run_id else None
-        run = ActiveRun(prepared, tracker, mlflow_run_id, start_round, checkpoint)
+        run = ActiveRun(prepared, tracker, mlflow_run_id, 0, None)
+        run.restart_from_checkpoint()
     else:
         if prepared.force and run_dir.path.exists():
             shutil.rmtree(run_dir.path)
@@ -311,17 +402,50 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
         return _stored_result(prepared.run_dir)
     ensure_ray(address, plugins=plugin_modules(prepared.cfg))
     resources = _reserve(prepared.cfg)
-    run = _open(prepared, parent)
-    server, clients = _launch_actors(prepared.inputs, prepared.cfg.run.client_actors, resources)
-    try:
-        device = _loop(run, server, on_round)
-    except BaseException as err:
-        _interrupt(run, err)
-        raise
-    finally:
-        for actor in [server, *clients]:
-            ray.kill(actor)
-    return _finish(run, device)
+    with run_lock(prepared.run_dir.path):  # a second process on this run fails here, naming this one
+        prepared = _as_on_disk(prepared)
+        if prepared.state == "finished":
+            return _stored_result(prepared.run_dir)
+        run = _open(prepared, parent)
+        return _finish(run, _rounds_surviving_actor_deaths(run, resources, on_round))
+
+
+def _rounds_surviving_actor_deaths(run: ActiveRun, resources: RunResources, on_round: RoundCallback | None) -> str:
+    """The rounds, on fresh actors from the last checkpoint whenever an actor dies (a worker killed, a node
+    lost), up to ``run.actor_restarts`` times; past that the run stops, resumable. Returns the device."""
+    cfg = run.prepared.cfg
+    for restarts in itertools.count():
+        server, clients = _launch_actors(run.prepared.inputs, cfg.run.client_actors, resources)
+        try:
+            return _loop(run, server, on_round)
+        except RayActorError as err:
+            if restarts == cfg.run.actor_restarts:
+                _interrupt(run, err)
+                raise RunAbortedError(
+                    f"a Ray actor died after {restarts} restarts (run.actor_restarts): {first_line(err)}; "
+                    f"continue with: byzlab run --resume {run.prepared.run_dir.path}") from None
+            run.restart_from_checkpoint()
+        except BaseException as err:
+            _interrupt(run, err)
+            raise
+        finally:
+            for actor in [server, *clients]:
+                ray.kill(actor)
+    raise AssertionError("unreachable")
+
+
+def _as_on_disk(prepared: Prepared) -> Prepared:
+    """``prepared`` as the run directory now says, read under the run's lock: another process may have
+    created or finished the run since ``prepare`` looked."""
+    run_dir = prepared.run_dir
+    if prepared.force or not run_dir.exists():
+        return prepared
+    if run_dir.read_state()["status"] == "finished":
+        return dataclasses.replace(prepared, state="finished")
+    if prepared.state == "new":
+        raise ConfigError(f"an unfinished run with this config exists in {run_dir.path} (started by another "
+                          f"process); continue it with `byzlab run --resume {run_dir.path}`")
+    return prepared
 
 
 def run_experiment(cfg: ExperimentConfig, *, force: bool = False, on_round: RoundCallback | None = None,

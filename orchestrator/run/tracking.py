@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from byzlab.orchestrator.config import ExperimentConfig, flatten
+from byzlab.orchestrator.run.locking import store_lock
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -44,12 +45,21 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) 
         return client.get_experiment_by_name(name).experiment_id
 
 
+def store_client(uri: str) -> MlflowClient:
+    """A client on the store at ``uri``, the store created and migrated first, one process at a time."""
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # the first query creates and migrates a new store
+    return client
+
+
 def open_experiment(cfg: ExperimentConfig) -> tuple[MlflowClient, str]:
     """A client on the config's store and the id of its MLflow experiment (created if needed, with
     artifacts under ``run.output_dir/mlartifacts`` for the default store)."""
-    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    client = store_client(tracking_uri(cfg))
     artifact_root = Path(cfg.run.output_dir) / "mlartifacts" if cfg.tracking.uri is None else None
-    return client, _experiment_id(client, cfg.tracking.experiment, artifact_root)
+    with store_lock(tracking_uri(cfg)):  # two first runs must not both create the experiment
+        return client, _experiment_id(client, cfg.tracking.experiment, artifact_root)
 
 
 @dataclass(frozen=True)
@@ -60,14 +70,15 @@ class ParentRun:
     child_tags: dict[str, str] = field(default_factory=dict)
 
 
-def find_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, byzlab_run_id: str) -> str | None:
-    """The child run of ``parent_run_id`` that tracks the experiment ``byzlab_run_id``, if one was started
-    (a trial killed before it recorded its MLflow run id continues that run instead of opening another)."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`byzlab.run_id` = '{byzlab_run_id}'",
-        max_results=1,
-    )
+def find_run(client: MlflowClient, experiment_id: str, byzlab_run_id: str, parent_run_id: str | None) -> str | None:
+    """The MLflow run already opened for the experiment ``byzlab_run_id``: a child run of the sweep's
+    ``parent_run_id`` (a trial killed before it recorded its MLflow run id continues that run), or, for a
+    run of its own, one left RUNNING by a process killed before the run directory recorded it. Continuing
+    it leaves no orphan RUNNING run beside the finished one."""
+    condition = (f"tags.mlflow.parentRunId = '{parent_run_id}'" if parent_run_id is not None
+                 else "attributes.status = 'RUNNING'")
+    runs = client.search_runs([experiment_id], filter_string=f"{condition} and tags.`byzlab.run_id` = '{byzlab_run_id}'",
+                              max_results=1)
     return runs[0].info.run_id if runs else None
 
 
@@ -91,10 +102,10 @@ class Tracker:
               parent: ParentRun | None = None) -> Tracker:
         """Open the experiment's MLflow run (under ``parent`` when given) and log the flattened config."""
         client, experiment_id = open_experiment(cfg)
+        existing = find_run(client, experiment_id, tags["byzlab.run_id"], parent.run_id if parent else None)
+        if existing is not None:
+            return cls.reopen(cfg, existing)
         if parent is not None:
-            existing = find_child_run(client, experiment_id, parent.run_id, tags["byzlab.run_id"])
-            if existing is not None:
-                return cls.reopen(cfg, existing)
             tags = {**tags, **parent.child_tags, "mlflow.parentRunId": parent.run_id}
         run = client.create_run(experiment_id, tags=tags, run_name=run_name)
         log_params(client, run.info.run_id, flatten(cfg.to_dict()))
@@ -102,7 +113,7 @@ class Tracker:
 
     @classmethod
     def reopen(cls, cfg: ExperimentConfig, mlflow_run_id: str) -> Tracker:
-        client = MlflowClient(tracking_uri=tracking_uri(cfg))
+        client = store_client(tracking_uri(cfg))
         client.update_run(mlflow_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return cls(client, mlflow_run_id)
 

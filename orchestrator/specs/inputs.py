@@ -14,7 +14,7 @@ from byzlab.orchestrator.core.errors import ConfigError
 from byzlab.orchestrator.core.seeding import Stream, numpy_rng
 from byzlab.orchestrator.data.datasets import Dataset, load_dataset
 from byzlab.orchestrator.data.partition import PARTITION_SCHEMES
-from byzlab.orchestrator.specs.roles import ClientSpec, ServerSpec, client_spec, server_spec
+from byzlab.orchestrator.specs.roles import ClientSpec, ModelSpec, ServerSpec, client_spec, server_spec
 from byzlab.orchestrator.specs.server_data import ServerData, prepare_server_data
 from byzlab.orchestrator.specs.threat import ThreatSpec, resolve_threat
 
@@ -57,12 +57,21 @@ def _fit_attack_to_data(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatS
         if needs and not has:
             raise ConfigError(f"threat.attack '{cfg.threat.attack}' sets {what}; {dataset.name} holds {holds}")
     try:
+        attack.check_data(tuple(dataset.input_shape), dataset.num_classes)
         if attack.needs_features:
             attack.bind(dataset.feature_names, dataset.num_classes)
         elif attack.needs_vocabulary:
             attack.bind(dataset.vocabulary, dataset.num_classes, dataset.input_shape[0])
     except ValueError as err:
-        raise ConfigError(f"threat.attack_params: {err}") from None
+        raise ConfigError(f"threat.attack_params: {err} ({dataset.name}: {_data_shape(dataset)})") from None
+
+
+def _data_shape(dataset: Dataset) -> str:
+    """What a data-dependent attack setting is checked against, in words: '8x8 images, 10 classes'."""
+    shape = dataset.input_shape
+    rows = f"{shape[-2]}x{shape[-1]} images" if dataset.is_images else f"rows of {shape[0]} " + (
+        "tokens" if dataset.is_text else "features")
+    return f"{rows}, {dataset.num_classes} classes"
 
 
 @dataclass
@@ -91,6 +100,14 @@ def _check_model_fits(spec: ClientSpec) -> None:
             spec.model.build()
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
+
+
+def num_flat_params(spec: ModelSpec) -> int:
+    """The length of the model's flat state, counted on torch's meta device: what a checkpoint of this
+    model holds (docs/architecture.md, "Flat parameters and layout": parameters and buffers)."""
+    with torch.device("meta"):
+        model = spec.build()
+    return sum(tensor.numel() for tensor in model.state_dict().values())
 
 
 def resolve_inputs(cfg: ExperimentConfig) -> RunInputs:

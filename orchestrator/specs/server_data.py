@@ -11,6 +11,7 @@ Tiny-ImageNet that needs no download. Either is converted to the model's input s
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -65,6 +66,7 @@ def sample_photo_patches(count: int, shape: tuple[int, int, int], rng: np.random
     from sklearn.datasets import load_sample_images
 
     channels, height, width = shape
+    _check_memory("server.public_data.size", count, 4 * (3 * 16 + 2 * channels) * height * width)
     photos = [np.asarray(image, dtype=np.float32) / 255.0 for image in load_sample_images().images]
     patch_h, patch_w = 4 * height, 4 * width
     patches = np.empty((count, 3, patch_h, patch_w), dtype=np.float32)
@@ -76,6 +78,18 @@ def sample_photo_patches(count: int, shape: tuple[int, int, int], rng: np.random
         patches[i] = image[top : top + patch_h, left : left + patch_w].transpose(2, 0, 1)
     public = match_input_shape(patches, shape)
     return (public - public.mean()) / public.std()
+
+
+def _check_memory(field: str, count: int, bytes_each: int) -> None:
+    """Refuse (ConfigError naming ``field``) ``count`` items of ``bytes_each`` bytes that would take more
+    than half of this machine's memory, rather than fail allocating them."""
+    try:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to check against
+        return
+    if count * bytes_each > budget:
+        raise ConfigError(f"{field} ({count}) needs {count * bytes_each / 2**30:.1f} GiB on the driver, more than half "
+                          f"of this machine's memory; at most {budget // bytes_each} fit")
 
 
 def load_public_data(

@@ -191,7 +191,7 @@ def test_concurrent_trials_gpu_bound():
 def _write_run(path: Path, round_: int, status: str = "running") -> RunDirectory:
     run_dir = RunDirectory(path)
     run_dir.create({"run": {"rounds": 10, "seed": 0}}, {"status": status, "round": round_, "mlflow_run_id": "m"})
-    run_dir.save_checkpoint({"round": round_, "model": torch.full((4,), float(round_))})
+    run_dir.save_checkpoint({"round": round_, "server": {"global_params": torch.full((4,), float(round_))}})
     return run_dir
 
 
@@ -235,7 +235,7 @@ def test_restore_creates_the_missing_run_directory(tmp_path):
     assert set(_snapshot(run_dir.path)) == {"config.yaml", "run.json", "checkpoints/latest.pt"}
     assert run_dir.read_state()["round"] == 3
     assert run_dir.load_checkpoint()["round"] == 3
-    assert torch.equal(run_dir.load_checkpoint()["model"], torch.full((4,), 3.0))
+    assert torch.equal(run_dir.load_checkpoint()["server"]["global_params"], torch.full((4,), 3.0))
     assert _siblings(run_dir) == []
     assert (saved / "run.json").is_file(), "the checkpoint's own copy stays"
 
