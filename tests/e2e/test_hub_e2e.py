@@ -34,6 +34,7 @@ def _run(tmp_path, root, name, *overrides):
     return run_experiment(cfg).summary["acc_final"]
 
 
+@pytest.mark.slow  # the word path also runs by default in the amazon example and the token-backdoor test
 def test_words_a_robust_rule_withstands_what_breaks_fedavg(tmp_path):
     root = tmp_path / "data"
     hub_fixtures.write_amazon_kindle(root)

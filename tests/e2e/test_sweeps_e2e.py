@@ -253,11 +253,14 @@ def kill_process(command_prefix: str) -> int | None:
 
 
 def test_a_trial_whose_server_actor_dies_is_retried_from_its_checkpoint(tmp_path, uninterrupted):
-    """FailureConfig: the killed actor fails the trial; Tune restarts it, it continues from its checkpoint
-    and ends with exactly the numbers of the uninterrupted sweep, each MLflow step logged once."""
+    """FailureConfig: the killed actor fails the trial (the run itself may not restart its actors here:
+    run.actor_restarts = 0, an execution field, so the run id is the uninterrupted one); Tune restarts it, it
+    continues from its checkpoint and ends with exactly the numbers of the uninterrupted sweep, each MLflow
+    step logged once."""
     output_dir = tmp_path / "results"
     spec = write_grid(tmp_path / "grid.yaml", output_dir)
     raw = yaml.safe_load(spec.read_text())
+    raw["base"].setdefault("run", {})["actor_restarts"] = 0
     spec.write_text(yaml.safe_dump({**raw, "grid": {"partition.beta": [0.3]}, "defenses": {"median": {}}}))
     sweep_dir = output_dir / "sweeps" / "grid"
     killed: list[int] = []
