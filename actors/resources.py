@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import ray
@@ -70,6 +71,19 @@ def check_fits(resources: RunResources, cluster_cpus: float, cluster_gpus: float
             f"the run needs {resources.total_cpus:g} CPUs and {resources.total_gpus:g} GPUs "
             f"({resources.describe()}) but the Ray cluster has {cluster_cpus:g} CPUs and {cluster_gpus:g} GPUs; "
             "lower run.client_actors, run.client_actor_cpus / run.server_cpus or the GPU shares"
+        )
+
+
+def check_fits_this_machine(run: RunConfig) -> None:
+    """A local Ray cluster gets at most this machine's CPUs: a run that reserves more is refused before Ray
+    starts. (GPU shares depend on the GPUs Ray finds, so ``check_fits`` checks them once it has started.)"""
+    cpus = os.cpu_count() or 1
+    needed = run.client_actors * run.client_actor_cpus + run.server_cpus
+    if needed > cpus + 1e-9:
+        raise ConfigError(
+            f"the run reserves {needed:g} CPUs (run.client_actors {run.client_actors} x run.client_actor_cpus "
+            f"{run.client_actor_cpus:g} + run.server_cpus {run.server_cpus:g}) but this machine has {cpus}; "
+            "lower them, or join a larger cluster with --address"
         )
 
 

@@ -116,10 +116,25 @@ class GeoMed(Aggregator[GeoMedParams]):
         """The smoothed Weiszfeld iteration in the updates' dtype, from the weighted mean: (z, weights,
         iterations, objective, converged), or None as soon as a distance or z is not finite (a hostile row
         overflowed the float32 sum of squares)."""
+        return self._iterate(updates, alpha, alpha @ updates, lambda w, rows: w @ rows,
+                             lambda rows, z: torch.linalg.vector_norm(rows - z, dim=1), give_up_if_not_finite=True)
+
+    def weiszfeld_wide(self, updates: torch.Tensor, alpha: torch.Tensor) -> tuple:
+        """The same iteration with float64 distances, weights and iterates over slices of coordinates
+        (``numerics.distances_to``, ``numerics.weighted_rows_wide``: float64 copies of one slice at a time),
+        from the coordinate-wise median: finite for any finite rows. Returns float64 (z, weights,
+        iterations, objective, converged)."""
+        return self._iterate(updates, alpha, coordinate_median(updates).double(), weighted_rows_wide, distances_to,
+                             give_up_if_not_finite=False)
+
+    def _iterate(self, updates: torch.Tensor, alpha: torch.Tensor, z: torch.Tensor, weighted_mean, distances,
+                 give_up_if_not_finite: bool) -> tuple | None:
+        """Weiszfeld steps from ``z`` until a step moves z by at most tol x the alpha-weighted harmonic-mean
+        distance, or ``max_iter``; ``weighted_mean(weights, rows)`` and ``distances(rows, z)`` set the
+        arithmetic."""
         p = self.params
-        z = alpha @ updates
-        dist = torch.linalg.vector_norm(updates - z, dim=1)
-        if not bool(torch.isfinite(dist).all()):
+        dist = distances(updates, z)
+        if give_up_if_not_finite and not bool(torch.isfinite(dist).all()):
             return None
         weights = alpha
         iterations, converged = 0, False
@@ -127,37 +142,14 @@ class GeoMed(Aggregator[GeoMedParams]):
             beta = alpha / dist.clamp(min=p.nu)
             total = beta.sum()
             weights = beta / total
-            z_next = weights @ updates
+            z_next = weighted_mean(weights, updates)
             step = torch.linalg.vector_norm(z_next - z)
             z = z_next
-            dist = torch.linalg.vector_norm(updates - z, dim=1)
+            dist = distances(updates, z)
             converged, finite = torch.stack([step * total <= p.tol, torch.isfinite(dist).all()]).tolist()
-            if not finite:
+            if give_up_if_not_finite and not finite:
                 return None
             if converged:  # step <= tol * (harmonic-mean distance 1 / total)
-                break
-        return z, weights, iterations, float(alpha @ dist), converged
-
-    def weiszfeld_wide(self, updates: torch.Tensor, alpha: torch.Tensor) -> tuple:
-        """The same iteration with float64 distances, weights and iterates over slices of coordinates
-        (``numerics.distances_to``, ``numerics.weighted_rows_wide``: float64 copies of one slice at a time),
-        from the coordinate-wise median: finite for any finite rows. Returns float64 (z, weights,
-        iterations, objective, converged)."""
-        p = self.params
-        z = coordinate_median(updates).double()
-        dist = distances_to(updates, z)
-        weights = alpha
-        iterations, converged = 0, False
-        for iterations in range(1, p.max_iter + 1):
-            beta = alpha / dist.clamp(min=p.nu)
-            total = beta.sum()
-            weights = beta / total
-            z_next = weighted_rows_wide(weights, updates)
-            step = torch.linalg.vector_norm(z_next - z)
-            z = z_next
-            dist = distances_to(updates, z)
-            converged = bool(step * total <= p.tol)
-            if converged:
                 break
         return z, weights, iterations, float(alpha @ dist), converged
 

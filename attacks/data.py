@@ -483,6 +483,9 @@ class _RowTriggerBackdoor(DataAttack[RP]):
     are triggered (``_triggered``, over the whole batch) and relabelled ``target``; ``backdoor_asr`` is
     measured on the triggered test rows whose class is not the target."""
 
+    def check_data(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        check_class(self.name, "target", self.params.target, num_classes)
+
     def _triggered(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -535,15 +538,13 @@ class FeatureBackdoor(_RowTriggerBackdoor[FeatureBackdoorParams]):
 
     columns: list[int] | None = None
 
-    def bind(self, feature_names: tuple[str, ...], num_classes: int) -> None:
+    def bind(self, feature_names: tuple[str, ...]) -> None:
         """Resolve the trigger's feature names to column indices; ValueError naming what is wrong."""
         if not self.params.features:
             raise ValueError(f"features: name at least one; the encoded features are: {', '.join(feature_names)}")
         unknown = [f for f in self.params.features if f not in feature_names]
         if unknown:
             raise ValueError(f"feature '{unknown[0]}' is not an encoded feature; they are: {', '.join(feature_names)}")
-        if self.params.target >= num_classes:
-            raise ValueError(f"target {self.params.target} is not a class id (0..{num_classes - 1})")
         self.columns = [feature_names.index(f) for f in self.params.features]
 
     def _triggered(self, x: torch.Tensor) -> torch.Tensor:
@@ -585,7 +586,7 @@ class TokenBackdoor(_RowTriggerBackdoor[TokenBackdoorParams]):
 
     token_ids: list[int] | None = None
 
-    def bind(self, vocabulary: tuple[str, ...], num_classes: int, row_length: int) -> None:
+    def bind(self, vocabulary: tuple[str, ...], row_length: int) -> None:
         """Resolve the trigger tokens to ids; ValueError naming what is wrong."""
         tokens = self.params.tokens
         if not tokens:
@@ -598,8 +599,6 @@ class TokenBackdoor(_RowTriggerBackdoor[TokenBackdoorParams]):
         if not 0 <= start <= row_length - len(tokens):
             raise ValueError(f"position {self.params.position}: {len(tokens)} trigger tokens do not fit rows of "
                              f"{row_length} tokens there")
-        if self.params.target >= num_classes:
-            raise ValueError(f"target {self.params.target} is not a class id (0..{num_classes - 1})")
         self.token_ids = [vocabulary.index(t) for t in tokens]
         self.start = start
 

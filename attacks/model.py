@@ -106,6 +106,38 @@ def trimmed_mean(rows: torch.Tensor, trim: int) -> torch.Tensor:
     return ordered[k : rows.shape[0] - k].mean(dim=0)
 
 
+class _TrimmedMeanOfCopies:
+    """``trimmed_mean(f copies of v ∪ reference, trim)`` for many candidates v, with the reference sorted once.
+
+    Inserting f copies of v[j] into the sorted column j of the reference gives the sorted column of the union:
+    the r_j reference values below v[j], then the f copies, then the rest. So union row t is reference row t
+    where t < r_j, v[j] where t < r_j + f, and reference row t - f otherwise: the rows the trimmed mean keeps
+    are selected from two fixed blocks of the sorted reference and v, in O(n d) per candidate, instead of
+    sorting the (f + m) x d values again (the γ searches test ~20 candidates). They are the same values in the
+    same order as ``torch.sort(...)[trim : n - trim]`` (equal values are interchangeable), so the mean, taken
+    the same way, is bitwise the same."""
+
+    def __init__(self, reference: torch.Tensor, f: int, trim: int) -> None:
+        ordered = torch.sort(reference, dim=0).values
+        m = ordered.shape[0]
+        n = f + m
+        k = max(0, min(trim, (n - 1) // 2))
+        self.columns, self.f = ordered.T.contiguous(), f  # each coordinate's sorted values, for searchsorted
+        self.rows = torch.arange(k, n - k, device=reference.device, dtype=torch.int32)[:, None]  # the kept rows t
+        if k >= f:  # the default (trim = f): both blocks are views of the sorted reference
+            self.below_block, self.above_block = ordered[k : n - k], ordered[k - f : n - k - f]
+        else:  # rows past either end are never selected: any row stands in for them
+            self.below_block = ordered[self.rows[:, 0].clamp(max=m - 1)]
+            self.above_block = ordered[(self.rows[:, 0] - f).clamp(min=0)]
+        self.kept = torch.empty_like(self.below_block)
+
+    def __call__(self, vector: torch.Tensor) -> torch.Tensor:
+        below = torch.searchsorted(self.columns, vector[:, None], out_int32=True).T  # r_j, values below v[j]
+        torch.where(self.rows < below + self.f, vector, self.above_block, out=self.kept)
+        torch.where(self.rows < below, self.below_block, self.kept, out=self.kept)
+        return self.kept.mean(dim=0)
+
+
 # ----------------------------------------------------------------------------------------- naive attacks
 
 
@@ -430,7 +462,8 @@ class TailoredTrMeanAttack(ModelAttack[TailoredTrMeanParams]):
     Params = TailoredTrMeanParams
 
     def objective(self, vector: torch.Tensor, reference: torch.Tensor, f: int) -> float:
-        """||TrMean_k(f copies of vector ∪ reference) - mean(reference)||."""
+        """||TrMean_k(f copies of vector ∪ reference) - mean(reference)||, by sorting all the rows (the
+        definition; :class:`_TrimmedMeanOfCopies` gives the same numbers without sorting per candidate)."""
         rows = torch.cat([_repeat(vector, f), reference], dim=0)
         k = f if self.params.trim is None else self.params.trim
         return float(torch.linalg.vector_norm(trimmed_mean(rows, k) - reference.mean(dim=0)))
@@ -442,10 +475,11 @@ class TailoredTrMeanAttack(ModelAttack[TailoredTrMeanParams]):
         ref = _reference(own, reference)
         mean = ref.mean(dim=0)
         direction = _perturbation(self.params.perturbation, mean, ref)
+        simulated = _TrimmedMeanOfCopies(ref, f, f if self.params.trim is None else self.params.trim)
         previous = [-math.inf]
 
         def increased(gamma: float) -> bool:
-            loss = self.objective(mean + gamma * direction, ref, f)
+            loss = float(torch.linalg.vector_norm(simulated(mean + gamma * direction) - mean))
             ok = loss > previous[0]
             previous[0] = loss
             return ok

@@ -49,49 +49,19 @@ from pathlib import Path
 
 # benchmarks/aggregators.py would shadow the aggregators package: keep this folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "aggregators"))
 
 import numpy as np
 import torch
 
 from byzlab import aggregators
-from byzlab.aggregators import RoundContext, context_fields
+from hostile_setting import CLASSES, FMAX, MODEL_RULES, OVERFLOW_FACTOR, context, declared_range, tolerated
 
 RESULTS = Path(__file__).parent / "results" / "hostile_rows.md"
-FMAX = float(torch.finfo(torch.float32).max)
 KINDS = ("nan", "inf", "big", "sign_flip", "boost", "fmax", "huge_norm", "spike", "dup_honest")
 FINITE_KINDS = frozenset(KINDS) - {"nan", "inf"}
-OVERFLOW_FACTOR = 1e6
-PARAMS: dict[str, dict] = {}
-CLASSES = 3
 FEATURES = (1, 20)
 DIMENSIONS = (1, 64)
-MODEL_RULES = frozenset(name for name in aggregators.names() if "model_fn" in aggregators.aggregator_class(name).needs)
-
-
-def model_fn(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A linear softmax model whose parameters are all of ``flat``: k x 3 weights, then 3 biases."""
-    k = x.shape[1]
-    return x @ flat[: k * CLASSES].view(k, CLASSES) + flat[k * CLASSES :]
-
-
-def declared_range(name: str, n: int) -> list[int]:
-    """The declared counts f >= 1 with 2f < n that the rule's ``check_setting`` accepts."""
-    cls = aggregators.aggregator_class(name)
-    params = cls.Params(**PARAMS.get(name, {}))
-    feasible = []
-    for f in range(1, (n - 1) // 2 + 1):
-        try:
-            cls.check_setting(params, n, f)
-        except ValueError:
-            continue
-        feasible.append(f)
-    return feasible
-
-
-def tolerated(name: str, n: int, f: int) -> int:
-    """The rule's documented breakdown: ``tolerated_rows`` (how many arbitrary rows it withstands)."""
-    cls = aggregators.aggregator_class(name)
-    return cls.tolerated_rows(cls.Params(**PARAMS.get(name, {})), n, f)
 
 
 def hostile_row(kind: str, honest: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -142,21 +112,6 @@ def hostile_matrix(n: int, d: int, h: int, rng: np.random.Generator) -> tuple[to
     return rows, hostile, kinds
 
 
-def context(name: str, n: int, d: int, f: int, seed: int) -> RoundContext:
-    """A round context restricted to what the rule declares (as the server builds it); the model-based rules
-    get a teacher as the global model and server data labelled by it."""
-    g = torch.Generator().manual_seed(seed)
-    fields = dict(client_ids=torch.arange(n), num_samples=torch.full((n,), 50.0), loss_gaps=torch.rand(n, generator=g),
-                  num_byzantine=f, num_clients_total=n, generator=torch.Generator().manual_seed(seed), round=1)
-    if name in MODEL_RULES:
-        k = d // CLASSES - 1
-        teacher = torch.cat([3 * torch.randn(k * CLASSES, generator=g), torch.zeros(CLASSES)])
-        proxy = torch.randn(40, k, generator=g)
-        fields.update(global_params=teacher, model_fn=model_fn, proxy_data=(proxy, model_fn(teacher, proxy).argmax(1)),
-                      public_data=torch.randn(40, k, generator=g))
-    return RoundContext(**fields).restricted_to(context_fields(aggregators.aggregator_class(name)))
-
-
 def classify(update: torch.Tensor, honest: torch.Tensor) -> str:
     """``non-finite``, ``overflowing`` (|x| > 1e6 x the honest rows' largest |coordinate|) or ``ok``."""
     if not bool(torch.isfinite(update).all()):
@@ -184,7 +139,7 @@ def run_rule(name: str, trials: int, seed: int) -> dict[str, Counter]:
             f = int(rng.choice(feasible))
             h = int(rng.integers(1, f + 1)) if regime == "within" else int(rng.integers(f + 1, n))
             updates, hostile, kinds = hostile_matrix(n, d, h, rng)
-            rule = aggregators.build(name, **PARAMS.get(name, {}))
+            rule = aggregators.build(name)
             try:
                 outcome = classify(rule(updates, context(name, n, d, f, seed + trial)).update, updates[~hostile])
             except Exception as err:  # noqa: BLE001 -- every failure is counted, not raised

@@ -23,18 +23,23 @@ import pyarrow.parquet as pq
 from mlflow import MlflowClient
 
 RESULTS = Path(__file__).parent / "results" / "interrupts.md"
-BYZLAB = [sys.executable, "-c", "from byzlab.orchestrator.cli import app; app()"]
+BYZLAB = [sys.executable, "-m", "byzlab.orchestrator"]
 SETTING = ["-o", "run.rounds=12", "-o", "run.checkpoint_every=5"]
 
 
+def _byzlab(*args: str) -> subprocess.Popen:
+    # Started from a script's background job, a child inherits SIGINT ignored and Python never raises
+    # KeyboardInterrupt (every "Ctrl-C" would be ignored): give it the default disposition, as in a terminal.
+    return subprocess.Popen([*BYZLAB, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def _start(output_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([*BYZLAB, "run", *SETTING, "-o", f"run.output_dir={output_dir}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _byzlab("run", *SETTING, "-o", f"run.output_dir={output_dir}")
 
 
 def _resume(run_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([*BYZLAB, "run", "--resume", str(run_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return _byzlab("run", "--resume", str(run_dir))
 
 
 def _numbers(output_dir: Path) -> dict:
@@ -58,8 +63,9 @@ def interrupt_at(delay: float, reference: dict, root: Path) -> dict:
     code = process.returncode
     run_dirs = [p for p in output_dir.glob("*") if (p / "run.json").is_file()] if output_dir.exists() else []
     (_resume(run_dirs[0]) if run_dirs else _start(output_dir)).communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.strip() and "Token authentication is enabled" not in line]
     return {"delay": delay, "exit": code, "traceback": "Traceback" in err, "equal": _numbers(output_dir) == reference,
-            "mlflow": _mlflow_statuses(output_dir)}
+            "mlflow": _mlflow_statuses(output_dir), "printed": lines[-3:]}
 
 
 def pair(root: Path, index: int) -> dict:
@@ -72,12 +78,15 @@ def pair(root: Path, index: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--delays", type=float, nargs="*", default=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+    parser.add_argument("--delays", type=float, nargs="*", default=[x / 2 for x in range(1, 29)])
     parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp())
     reference_dir = root / "reference"
-    _start(reference_dir).communicate(timeout=300)
+    reference_process = _start(reference_dir)
+    _, err = reference_process.communicate(timeout=300)
+    if reference_process.returncode != 0:
+        raise SystemExit(f"the undisturbed run failed (exit {reference_process.returncode}):\n{err}")
     reference = _numbers(reference_dir)
     interrupts = [interrupt_at(delay, reference, root) for delay in args.delays]
     pairs = [pair(root, index) for index in range(args.pairs)]
@@ -92,6 +101,8 @@ def main() -> None:
         f"Ctrl-C's: {len(interrupts)}; exit 130: {sum(r['exit'] == 130 for r in interrupts)}; resumed bitwise-equal: "
         f"{sum(r['equal'] for r in interrupts)}; orphan or duplicate MLflow runs: "
         f"{sum(r['mlflow'] != ['FINISHED'] for r in interrupts)}.", "",
+        *(f"- after {r['delay']:g} s, exit {r['exit']}; its last lines: `{' / '.join(r['printed'])}`"
+          for r in interrupts if r["exit"] != 130), "",
         "| pair | exit codes | crash | MLflow runs |", "| ---: | --- | --- | --- |",
         *(f"| {i} | {p['codes']} | {'yes' if p['crash'] else 'no'} | {', '.join(p['mlflow'])} |" for i, p in enumerate(pairs)),
         "", f"Concurrent starts: {len(pairs)} pairs; crashes: {sum(p['crash'] for p in pairs)}; duplicate MLflow runs: "

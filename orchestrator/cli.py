@@ -7,7 +7,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 import yaml
@@ -17,8 +17,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from byzlab.orchestrator.core.errors import ConfigError, DatasetNotFoundError, RunAbortedError
-from byzlab.orchestrator.config import load_config, run_id
+from byzlab.orchestrator.core import interrupts
+from byzlab.orchestrator.core.errors import ConfigError, DatasetNotFoundError, RunAbortedError, Terminated
+from byzlab.orchestrator.config import ExperimentConfig, load_config, run_id
+
+if TYPE_CHECKING:
+    from byzlab.orchestrator.run.experiment import Prepared, RunResult
 
 
 app = typer.Typer(
@@ -72,24 +76,41 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local one)"),
 ) -> None:
     """Run one federated experiment (the quickstart when no CONFIG is given)."""
-    from byzlab.orchestrator.run import experiment  # Ray and MLflow load only for commands that need them
+    run_dir: Path | None = resume
+    try:  # Ctrl-C at any moment, from here to the last line: exit 130 with what to do next
+        from byzlab.orchestrator.run import experiment  # Ray and MLflow load only for commands that need them
 
-    try:
-        if resume is not None:
-            if config is not None or override:
-                _fail("--resume takes the run directory only: its config.yaml is the config")
-            prepared = experiment.prepare_resume(resume)
-        else:
-            prepared = experiment.prepare(load_config(config, override), force=force)
-    except (ConfigError, DatasetNotFoundError) as err:
-        _fail(str(err))
+        try:
+            if resume is not None:
+                if config is not None or override:
+                    _fail("--resume takes the run directory only: its config.yaml is the config")
+                prepared = experiment.prepare_resume(resume, address=address)
+            else:
+                prepared = experiment.prepare(load_config(config, override), force=force, address=address)
+        except (ConfigError, DatasetNotFoundError) as err:
+            _fail(str(err))
+        run_dir = prepared.run_dir.path
+        result = _execute_with_progress(experiment, prepared, address)
+        interrupts.honour()  # a Ctrl-C whose KeyboardInterrupt a finalizer swallowed
+        _print_result(prepared.cfg, run_dir, result)
+    except KeyboardInterrupt:
+        _interrupted(run_dir, "interrupted", 130)
+    except Terminated as err:
+        _interrupted(run_dir, "terminated", err.code)
 
-    cfg, run_dir = prepared.cfg, prepared.run_dir.path
+
+def _execute_with_progress(experiment, prepared: Prepared, address: str | None) -> RunResult:
+    """Run the prepared experiment under a progress bar. A Ray this call started is shut down before it
+    returns: a Ctrl-C during the shutdown is then one this command handles (at exit it would be ignored)."""
+    import ray
+
+    started_ray = not ray.is_initialized()
+    cfg = prepared.cfg
     if prepared.state != "finished":
         action = "resuming" if prepared.state == "resumed" else "running"
         console.print(
             f"{action} [bold]{cfg.server.aggregator}[/] on {cfg.data.dataset} "
-            f"({cfg.clients.num_clients} clients, {cfg.partition.scheme}) -> {run_dir}"
+            f"({cfg.clients.num_clients} clients, {cfg.partition.scheme}) -> {prepared.run_dir.path}"
         )
     with _progress() as progress:
         task = progress.add_task("rounds", total=cfg.run.rounds, accuracy="  -  ", seconds="  -  ")
@@ -97,6 +118,7 @@ def run(
             progress.update(task, completed=prepared.run_dir.read_state().get("round", 0))
 
         def on_round(metrics: dict) -> None:
+            interrupts.honour()
             accuracy = metrics.get("test_accuracy")
             fields = {"seconds": f"{metrics['round_seconds']:.2f}"}
             if accuracy is not None:
@@ -109,18 +131,37 @@ def run(
             _fail(str(err))
         except RunAbortedError as err:
             _fail(str(err), code=1)
-        except KeyboardInterrupt:
-            if (run_dir / "run.json").is_file():
-                errors.print(f"interrupted; continue with: byzlab run --resume {run_dir}")
-            else:
-                errors.print("interrupted before the run wrote anything; nothing to resume")
-            raise typer.Exit(130) from None
+        finally:
+            if started_ray:
+                ray.shutdown()
+    return result
 
+
+def _print_result(cfg: ExperimentConfig, run_dir: Path, result: RunResult) -> None:
     if result.status == "already finished":
         console.print(f"this exact run is already complete in {run_dir} (use --force to rerun it)")
     summary = "  ".join(f"{k} = {v:.4f}" for k, v in result.summary.items())
     console.print(f"[bold green]done[/]  {summary}")
     console.print(f"results: {run_dir}   (MLflow: byzlab ui --output-dir {cfg.run.output_dir})", soft_wrap=True)
+
+
+def _interrupted(run_dir: Path | None, what: str, code: int) -> None:
+    """Say what a Ctrl-C (``interrupted``, exit 130) or a SIGTERM (``terminated``, exit 143) left and how to
+    go on: 128 + the signal's number is the exit code a shell expects."""
+    from byzlab.orchestrator.run.storage import RunDirectory
+
+    written = run_dir is not None and RunDirectory(run_dir).exists()
+    try:
+        finished = written and RunDirectory(run_dir).read_state()["status"] == "finished"
+    except ConfigError:  # damaged: the resume command says how
+        finished = False
+    if not written:
+        errors.print(f"{what} before the run wrote anything; nothing to resume")
+    elif finished:
+        errors.print(f"{what} after the run finished; its results are complete in {run_dir}", soft_wrap=True)
+    else:
+        errors.print(f"{what}; continue with: byzlab run --resume {run_dir}", soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _finish_sweep(outcome) -> None:

@@ -30,9 +30,10 @@ from mlflow.entities import RunStatus
 from ray import tune
 
 from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.core.plugins import first_line
 from byzlab.actors.resources import RunResources
 from byzlab.orchestrator.config import ExperimentConfig, build_config
-from byzlab.orchestrator.run.experiment import ensure_ray
+from byzlab.orchestrator.run.experiment import check_outside_the_run, ensure_ray
 from byzlab.orchestrator.specs.inputs import load_configured_dataset, make_partition
 from byzlab.orchestrator.run.storage import RunDirectory, write_json
 from byzlab.orchestrator.run.tracking import default_tracking_uri, log_params, open_experiment, tracking_uri
@@ -96,6 +97,20 @@ def sweep_directory(sweep: Sweep) -> Path:
     return Path(build_config(sweep.spec.base).run.output_dir).resolve() / "sweeps" / sweep.spec.name
 
 
+def _trial_error(trial: Any, err: ConfigError) -> ConfigError:
+    labels = ", ".join(f"{k}={v}" for k, v in trial.labels.items())
+    return ConfigError(f"trial {trial.index} ({labels}): {err}")
+
+
+def check_before_ray(sweep: Sweep, address: str | None) -> None:
+    """Each trial's MLflow store and, on a local cluster, its CPUs: checked before Ray starts."""
+    for trial in sweep.trials:
+        try:
+            check_outside_the_run(trial.config, address)
+        except ConfigError as err:
+            raise _trial_error(trial, err) from None
+
+
 def plan(sweep: Sweep, directory: Path | None = None) -> SweepPlan:
     """Place every trial on the connected cluster; ConfigError naming a trial the cluster cannot hold."""
     cluster = ClusterShape.current()
@@ -104,8 +119,7 @@ def plan(sweep: Sweep, directory: Path | None = None) -> SweepPlan:
         try:
             resources.append(plan_trial(trial.config, cluster))
         except ConfigError as err:
-            labels = ", ".join(f"{k}={v}" for k, v in trial.labels.items())
-            raise ConfigError(f"trial {trial.index} ({labels}): {err}") from None
+            raise _trial_error(trial, err) from None
     base = build_config(sweep.spec.base)
     return SweepPlan(sweep, directory or sweep_directory(sweep), base, cluster, resources)
 
@@ -158,6 +172,7 @@ def describe(plan_: SweepPlan, max_concurrent: int | None) -> list[str]:
 
 def dry_run(sweep: Sweep, *, address: str | None = None, max_concurrent: int | None = None) -> list[str]:
     """Validate placement on the cluster and describe the sweep; loads no data (nothing is downloaded)."""
+    check_before_ray(sweep, address)
     ensure_ray(address, log_to_driver=False)
     return describe(plan(sweep), max_concurrent)
 
@@ -169,11 +184,31 @@ def _write_state(directory: Path, **changes: Any) -> dict[str, Any]:
     return state
 
 
+def damaged_sweep(directory: Path, name: str, problem: str) -> ConfigError:
+    """The one-line error for file ``name`` of a sweep directory: what is wrong and how to recover."""
+    return ConfigError(
+        f"sweep directory {directory} is damaged: {name} {problem}; restore {name} from a copy, or start the "
+        f"sweep over with `byzlab sweep <its sweep file> --force` (finished trials run again)"
+    )
+
+
 def read_state(directory: Path) -> dict[str, Any]:
+    """``sweep.json``: a JSON object with the sweep's status, id and MLflow parent run (``null`` untracked)."""
     path = directory / STATE_FILE
     if not path.is_file():
         raise ConfigError(f"'{directory}' is not a byzlab sweep directory (no {STATE_FILE})")
-    return json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: JSON or UTF-8 decoding
+        raise damaged_sweep(directory, STATE_FILE, f"is not a JSON record ({first_line(err)[:160]})") from None
+    if not isinstance(state, dict):
+        raise damaged_sweep(directory, STATE_FILE, f"holds a {type(state).__name__}, not a JSON object")
+    missing = [key for key in ("status", "sweep_id", "parent_run_id") if key not in state]
+    if missing:
+        raise damaged_sweep(directory, STATE_FILE, f"has no {', '.join(missing)}")
+    if not isinstance(state["sweep_id"], str) or not isinstance(state["parent_run_id"], (str, type(None))):
+        raise damaged_sweep(directory, STATE_FILE, "has a sweep_id or parent_run_id that is not a string")
+    return state
 
 
 def _parent_run(plan_: SweepPlan, sweep_id: str) -> str:
@@ -239,6 +274,7 @@ def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | No
             f"sweep '{sweep.spec.name}' already exists in {directory} (status: {status}); {follow_up} "
             f"{directory}`, or start over with --force"
         )
+    check_before_ray(sweep, address)
     ensure_ray(address, log_to_driver=False)
     plan_ = plan(sweep, directory)
     check_data(sweep)
@@ -284,7 +320,11 @@ def resume(directory: str | Path, *, address: str | None = None) -> SweepOutcome
     checkpoint, trials never started start."""
     directory = Path(directory).resolve()
     state = read_state(directory)
-    sweep = load_saved_sweep(directory)
+    try:
+        sweep = load_saved_sweep(directory)
+    except ConfigError as err:
+        raise damaged_sweep(directory, SPEC_FILE, f"does not read: {err}") from None
+    check_before_ray(sweep, address)
     ensure_ray(address, log_to_driver=False)
     plan_ = plan(sweep, directory)
     state = _start_tracking(plan_, state)

@@ -235,5 +235,8 @@ def load_sweep(path_or_name: str | Path) -> Sweep:
 
 def load_saved_sweep(directory: str | Path) -> Sweep:
     """The sweep whose directory this is, from the copy of its sweep file kept there."""
-    raw = yaml.safe_load((Path(directory) / SPEC_FILE).read_text())
+    path = Path(directory) / SPEC_FILE
+    if not path.is_file():
+        raise ConfigError(f"'{path}' is missing")
+    raw = read_yaml(path)
     return expand(parse_spec(raw, raw.get("name", Path(directory).name)))

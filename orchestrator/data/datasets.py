@@ -21,7 +21,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,10 +99,14 @@ def dataset_names(modality: str | None = None) -> list[str]:
     return DATASETS.names(lambda loader: modality is None or loader.modality == modality)
 
 
+# scikit-learn's random_state takes 0 <= seed < 2^32; the range is checked on the field, before any data is read.
+SplitSeed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
 class DigitsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     test_fraction: float = Field(0.25, gt=0, lt=1, description="share held out for testing")
-    split_seed: int = Field(0, description="seed of the stratified train/test split")
+    split_seed: SplitSeed = Field(0, description="seed of the stratified train/test split (0 <= seed < 2^32)")
 
 
 class EmnistParams(BaseModel):

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from byzlab.orchestrator.core.errors import DatasetNotFoundError
 from byzlab.orchestrator.data import text
-from byzlab.orchestrator.data.datasets import DATASETS, Dataset
+from byzlab.orchestrator.data.datasets import DATASETS, Dataset, SplitSeed
 from byzlab.orchestrator.data.tabular import check_columns, encode_rows, group_ids, split_table, table_labels
 
 InputKind = Literal["image", "tabular", "words", "characters"]
@@ -45,7 +45,8 @@ class SizeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     test_fraction: float = Field(0.25, gt=0, lt=1, description="share held out for testing (without a test split)")
-    split_seed: int = Field(0, description="seed of the train/test split and of the max_rows sample")
+    split_seed: SplitSeed = Field(0, description="seed of the train/test split and of the max_rows sample "
+                                                 "(0 <= seed < 2^32)")
     max_rows: int | None = Field(
         None, ge=2, description="use a seeded sample of this many training-split rows, drawn before label_map (None = all)")
 

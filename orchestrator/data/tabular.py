@@ -19,7 +19,7 @@ import pyarrow.csv
 from pydantic import BaseModel, ConfigDict, Field
 
 from byzlab.orchestrator.core.errors import DatasetNotFoundError
-from byzlab.orchestrator.data.datasets import DATASETS, Dataset
+from byzlab.orchestrator.data.datasets import DATASETS, Dataset, SplitSeed
 
 
 class CsvParams(BaseModel):
@@ -31,7 +31,7 @@ class CsvParams(BaseModel):
     categorical_columns: list[str] | None = Field(None, description="one-hot encoded; None = the non-numeric ones")
     drop_columns: list[str] = Field(default_factory=list, description="columns that are not features (ids, ...)")
     test_fraction: float = Field(0.25, gt=0, lt=1, description="share held out for testing")
-    split_seed: int = Field(0, description="seed of the stratified train/test split")
+    split_seed: SplitSeed = Field(0, description="seed of the stratified train/test split (0 <= seed < 2^32)")
 
 
 @DATASETS.register_function("csv", CsvParams, default_model="mlp", modality="tabular", record_defaults=False)

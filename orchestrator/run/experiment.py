@@ -15,7 +15,9 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,16 +31,17 @@ import ray
 from ray.exceptions import AuthenticationError, RayActorError
 
 from byzlab.actors.client import ClientActor
-from byzlab.actors.resources import RunResources, check_fits, plan_resources
+from byzlab.actors.resources import RunResources, check_fits, check_fits_this_machine, plan_resources
 from byzlab.actors.server import ServerActor
 from byzlab.orchestrator.config import ExperimentConfig, build_config, run_id
 from byzlab.orchestrator.config.plugins import loaded_plugin_modules, plugin_modules
+from byzlab.orchestrator.core import interrupts
 from byzlab.orchestrator.core.errors import ConfigError, RunAbortedError
 from byzlab.orchestrator.core.plugins import code_roots, first_line
 from byzlab.orchestrator.data.partition import label_histograms, partition_hash
 from byzlab.orchestrator.run.locking import run_lock
 from byzlab.orchestrator.run.storage import RESTORE, DamagedRunError, RunDirectory, check_output_dir, rows_to_table
-from byzlab.orchestrator.run.tracking import ParentRun, Tracker
+from byzlab.orchestrator.run.tracking import ParentRun, Tracker, check_tracking_uri, tracked_run_problem
 from byzlab.orchestrator.specs.inputs import RunInputs, num_flat_params, resolve_inputs
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -75,11 +78,20 @@ def is_checkpoint_round(cfg: ExperimentConfig, round_index: int) -> bool:
     return round_index % cfg.run.checkpoint_every == 0 or round_index == cfg.run.rounds
 
 
-def prepare(cfg: ExperimentConfig, *, force: bool = False) -> Prepared:
-    """Resolve the run's inputs; decide what running ``cfg`` means given what is on disk. Writes nothing; an
-    existing run directory of ``cfg`` that is damaged is a DamagedRunError (one line) unless ``force``."""
+def check_outside_the_run(cfg: ExperimentConfig, address: str | None) -> None:
+    """What the run needs outside its directory: a usable MLflow store, and CPUs a local cluster can have."""
+    check_tracking_uri(cfg)
+    if not ray.is_initialized() and _starts_local_cluster(address):
+        check_fits_this_machine(cfg.run)
+
+
+def prepare(cfg: ExperimentConfig, *, force: bool = False, address: str | None = None) -> Prepared:
+    """Resolve the run's inputs; decide what running ``cfg`` (on the cluster at ``address``) means given what
+    is on disk. Writes nothing; an existing run directory of ``cfg`` that is damaged is a DamagedRunError
+    (one line) unless ``force``."""
     inputs = resolve_inputs(cfg)
     check_output_dir(Path(cfg.run.output_dir))
+    check_outside_the_run(cfg, address)
     run_dir = RunDirectory(Path(cfg.run.output_dir) / run_id(cfg))
     state: RunState = "new"
     if run_dir.exists() and not force:
@@ -93,7 +105,7 @@ def prepare(cfg: ExperimentConfig, *, force: bool = False) -> Prepared:
     return Prepared(cfg, inputs, run_dir, state, force=force)
 
 
-def prepare_resume(path: str | Path) -> Prepared:
+def prepare_resume(path: str | Path, *, address: str | None = None) -> Prepared:
     """The run in directory ``path`` as its files say, every file it will read checked first: a damaged one
     is a DamagedRunError naming the file and how to recover; nothing is written."""
     run_dir = RunDirectory(path)
@@ -111,9 +123,14 @@ def prepare_resume(path: str | Path) -> Prepared:
     inputs = resolve_inputs(cfg)
     if finished:
         run_dir.check_finished()
-    else:
-        run_dir.check_resumable(num_flat_params(inputs.client.model), cfg.run.rounds)
-    return Prepared(cfg, inputs, run_dir, "finished" if finished else "resumed")
+        return Prepared(cfg, inputs, run_dir, "finished")
+    run_dir.check_resumable(num_flat_params(inputs.client.model), cfg.run.rounds)
+    check_outside_the_run(cfg, address)
+    mlflow_run_id = run_dir.read_state().get("mlflow_run_id")
+    problem = tracked_run_problem(cfg, mlflow_run_id) if cfg.tracking.enabled and mlflow_run_id else None
+    if problem:
+        raise run_dir.damaged(run_dir.state_path, f"records MLflow run {mlflow_run_id}, {problem}")
+    return Prepared(cfg, inputs, run_dir, "resumed")
 
 
 def ensure_ray(address: str | None = None, *, log_to_driver: bool = True, plugins: Sequence[str] | None = None) -> None:
@@ -137,6 +154,10 @@ def ensure_ray(address: str | None = None, *, log_to_driver: bool = True, plugin
             if local:
                 raise
             raise ConfigError(_join_failure(address, err)) from None
+        if threading.current_thread() is threading.main_thread():
+            # Ray's core worker leaves a native SIGTERM handler that aborts the process midway (exit -6,
+            # nothing marked): a Python one stops the run as a Ctrl-C does, then exits 143.
+            signal.signal(signal.SIGTERM, interrupts.on_sigterm)
     if plugins and ray.get_runtime_context().get_actor_id() is None:  # in an actor (a Tune trial) it imported them
         failures = ray.get(_import_in_worker.remote(list(plugins)))
         if failures:
@@ -407,7 +428,12 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
         if prepared.state == "finished":
             return _stored_result(prepared.run_dir)
         run = _open(prepared, parent)
-        return _finish(run, _rounds_surviving_actor_deaths(run, resources, on_round))
+        device = _rounds_surviving_actor_deaths(run, resources, on_round)
+        try:
+            return _finish(run, device)
+        except BaseException as err:  # a Ctrl-C while finishing: resumable, MLflow not left RUNNING
+            _interrupt(run, err)
+            raise
 
 
 def _rounds_surviving_actor_deaths(run: ActiveRun, resources: RunResources, on_round: RoundCallback | None) -> str:
@@ -450,9 +476,9 @@ def _as_on_disk(prepared: Prepared) -> Prepared:
 
 def run_experiment(cfg: ExperimentConfig, *, force: bool = False, on_round: RoundCallback | None = None,
                    address: str | None = None) -> RunResult:
-    return execute(prepare(cfg, force=force), on_round=on_round, address=address)
+    return execute(prepare(cfg, force=force, address=address), on_round=on_round, address=address)
 
 
 def resume_experiment(path: str | Path, *, on_round: RoundCallback | None = None,
                       address: str | None = None) -> RunResult:
-    return execute(prepare_resume(path), on_round=on_round, address=address)
+    return execute(prepare_resume(path, address=address), on_round=on_round, address=address)

@@ -76,14 +76,14 @@ def concat_segments(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def check_output_dir(output_dir: Path) -> None:
-    """``run.output_dir`` is a directory, or can be made one, where this process may write: ConfigError
-    naming it otherwise (before anything is written)."""
+def check_output_dir(output_dir: Path, field: str = "run.output_dir") -> None:
+    """``output_dir`` (the config's ``field``) is a directory, or can be made one, where this process may
+    write: ConfigError naming it otherwise (before anything is written)."""
     existing = next((p for p in (output_dir, *output_dir.absolute().parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise ConfigError(f"run.output_dir '{output_dir}': '{existing}' is a file, not a directory")
+        raise ConfigError(f"{field} '{output_dir}': '{existing}' is a file, not a directory")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"run.output_dir '{output_dir}': this user cannot write in '{existing}'")
+        raise ConfigError(f"{field} '{output_dir}': this user cannot write in '{existing}'")
 
 
 class RunDirectory:

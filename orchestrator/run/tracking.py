@@ -7,17 +7,25 @@ path, so runs started from any working directory land in the same place.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from byzlab.orchestrator.config import ExperimentConfig, flatten
-from byzlab.orchestrator.run.locking import store_lock
+from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.orchestrator.core.plugins import first_line
+from byzlab.orchestrator.run.locking import SQLITE_PREFIX, store_lock
+from byzlab.orchestrator.run.storage import check_output_dir
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -34,6 +42,72 @@ def tracking_uri(cfg: ExperimentConfig) -> str:
     return cfg.tracking.uri or default_tracking_uri(cfg.run.output_dir)
 
 
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+_STORE_SCHEMES = ("sqlite", *_DATABASE_SCHEMES, "http", "https", "databricks")
+_CONNECT_SECONDS = 3.0
+
+
+def check_tracking_uri(cfg: ExperimentConfig) -> None:
+    """``tracking.uri`` names a store MLflow can use: ConfigError, one line naming the field, before Ray
+    starts or anything is written. Checked without writing: the scheme (MLflow 3 keeps no runs in a bare
+    directory), a SQLite file's folder, a database URL's driver, and that an HTTP server's port answers."""
+    uri = cfg.tracking.uri
+    if not cfg.tracking.enabled or uri is None:  # the default store lies under run.output_dir, checked there
+        return
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme in ("", "file"):
+        raise ConfigError(f"tracking.uri '{uri}': MLflow 3 keeps no runs in a directory; give sqlite:///<file>.db, "
+                          "http(s)://<host>:<port> or a database URL")
+    if scheme not in _STORE_SCHEMES:
+        raise ConfigError(f"tracking.uri '{uri}': unknown scheme '{parsed.scheme}'; one of {', '.join(_STORE_SCHEMES)}")
+    if scheme == "sqlite":
+        database = Path(uri.removeprefix(SQLITE_PREFIX))
+        if not uri.startswith(SQLITE_PREFIX) or database.is_dir():
+            raise ConfigError(f"tracking.uri '{uri}': a SQLite store is sqlite:///<relative file> or "
+                              "sqlite:////<absolute file>")
+        check_output_dir(database.parent, field="tracking.uri")
+    elif scheme in _DATABASE_SCHEMES:
+        _check_database_driver(uri)
+    elif scheme in ("http", "https"):
+        port = parsed.port or (443 if scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "", port), timeout=_CONNECT_SECONDS).close()
+        except OSError as err:
+            raise ConfigError(f"tracking.uri '{uri}': nothing answers at {parsed.hostname}:{port} "
+                              f"({err.strerror or err}); start the MLflow server first") from None
+
+
+def _check_database_driver(uri: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise ConfigError(f"tracking.uri '{uri}' is not a database URL SQLAlchemy knows: {err}") from None
+    except ImportError as err:
+        raise ConfigError(f"tracking.uri '{uri}': the database driver is not installed ({err}); install it "
+                          "with pip") from None
+
+
+def tracked_run_problem(cfg: ExperimentConfig, mlflow_run_id: str) -> str | None:
+    """Why the MLflow run a run directory records cannot be continued (None when it can): its store or the
+    run is gone, or the run was deleted. Reads the store without creating or migrating it."""
+    uri = tracking_uri(cfg)
+    if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).is_file():
+        return f"but the MLflow store {uri.removeprefix(SQLITE_PREFIX)} is gone"
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(mlflow_run_id)
+    except SQLAlchemyError as err:
+        return f"but the MLflow store {uri} does not open ({first_line(err)[:200]}); move it aside"
+    except MlflowException:
+        return f"which the MLflow store {uri} does not hold"
+    if run.info.lifecycle_stage == "deleted":
+        return f"which was deleted in MLflow (undo: MLFLOW_TRACKING_URI={uri} mlflow runs restore --run-id {mlflow_run_id})"
+    return None
+
+
 def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -46,11 +120,29 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) 
 
 
 def store_client(uri: str) -> MlflowClient:
-    """A client on the store at ``uri``, the store created and migrated first, one process at a time."""
+    """A client on the store at ``uri``, the store created and migrated first, one process at a time;
+    ConfigError (one line) when the store does not open."""
     with store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)  # the first query creates and migrates a new store
+        if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).exists():
+            _create_sqlite_store(Path(uri.removeprefix(SQLITE_PREFIX)))
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # the first query creates or migrates the store
+        except (MlflowException, SQLAlchemyError) as err:
+            raise ConfigError(f"the MLflow store {uri} does not open ({first_line(err)[:200]}); move it aside to "
+                              "start a new one (the runs' own directories keep every number)") from None
     return client
+
+
+def _create_sqlite_store(database: Path) -> None:
+    """Create and migrate a new SQLite store in a side file, then rename it into place: MLflow's migrations
+    are not atomic in SQLite, and a Ctrl-C midway left a half-migrated store that never opened again."""
+    for left in database.parent.glob(f".{database.name}.creating-*"):  # from interrupted attempts
+        left.unlink()
+    # A new name per attempt: MLflow caches a store (and its open database) per URI.
+    partial = database.with_name(f".{database.name}.creating-{uuid.uuid4().hex}")
+    MlflowClient(tracking_uri=f"{SQLITE_PREFIX}{partial}").search_experiments(max_results=1)
+    os.replace(partial, database)
 
 
 def open_experiment(cfg: ExperimentConfig) -> tuple[MlflowClient, str]:

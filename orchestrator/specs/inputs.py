@@ -59,9 +59,9 @@ def _fit_attack_to_data(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatS
     try:
         attack.check_data(tuple(dataset.input_shape), dataset.num_classes)
         if attack.needs_features:
-            attack.bind(dataset.feature_names, dataset.num_classes)
+            attack.bind(dataset.feature_names)
         elif attack.needs_vocabulary:
-            attack.bind(dataset.vocabulary, dataset.num_classes, dataset.input_shape[0])
+            attack.bind(dataset.vocabulary, dataset.input_shape[0])
     except ValueError as err:
         raise ConfigError(f"threat.attack_params: {err} ({dataset.name}: {_data_shape(dataset)})") from None
 

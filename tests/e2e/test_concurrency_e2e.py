@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_identical_runs_started_together(tmp_path):
-    command = [sys.executable, "-c", "from byzlab.orchestrator.cli import app; app()", "run", "-o", "run.rounds=3",
+    command = [sys.executable, "-m", "byzlab.orchestrator", "run", "-o", "run.rounds=3",
                "-o", f"run.output_dir={tmp_path}"]
     first, second = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                      for _ in range(2))

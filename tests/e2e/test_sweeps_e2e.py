@@ -240,16 +240,22 @@ def test_the_quickstart_sweep_as_the_readme_runs_it(tmp_path):
 
 
 def kill_process(command_prefix: str) -> int | None:
-    """SIGKILL the first process whose command line starts with ``command_prefix`` (Linux /proc)."""
+    """SIGKILL the newest process whose command line starts with ``command_prefix`` (Linux /proc): an
+    actor's process of an earlier test may still be exiting, and it would be the oldest."""
+    found = {}
     for entry in Path("/proc").iterdir():
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
+            started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: start time
+        except (OSError, ValueError, IndexError):
             continue
         if command.startswith(command_prefix):
-            os.kill(int(entry.name), signal.SIGKILL)
-            return int(entry.name)
-    return None
+            found[int(entry.name)] = started
+    if not found:
+        return None
+    newest = max(found, key=found.get)
+    os.kill(newest, signal.SIGKILL)
+    return newest
 
 
 def test_a_trial_whose_server_actor_dies_is_retried_from_its_checkpoint(tmp_path, uninterrupted):

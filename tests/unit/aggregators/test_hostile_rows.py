@@ -29,14 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from byzlab import aggregators
-from byzlab.aggregators import RoundContext, context_fields, numerics
+from byzlab.aggregators import RoundContext, numerics
+from hostile_setting import CLASSES, FMAX, MODEL_RULES, OVERFLOW_FACTOR, context, declared_range, tolerated
 
 ALL = aggregators.names()
-FMAX = float(torch.finfo(torch.float32).max)
 KINDS = ("nan", "inf", "big", "fmax", "huge_norm", "spike", "sign_flip", "boost", "dup_honest", "dup_hostile")
-OVERFLOW_FACTOR = 1e6
-CLASSES = 3
-MODEL_RULES = frozenset(name for name in ALL if "model_fn" in aggregators.aggregator_class(name).needs)
 EXAMPLES = 50
 SLOW_RULES = {"sdea": 15, "fltrust": 25, "signguard": 25, "sageflow": 25, "foolsgold": 30}  # training, MeanShift
 
@@ -48,30 +45,6 @@ def profile(name: str) -> settings:
 
 
 # ----------------------------------------------------------------------------------------------- rounds
-
-
-def model_fn(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A linear 3-class model whose parameters are all of ``flat``: k x 3 weights, then 3 biases."""
-    k = x.shape[1]
-    return x @ flat[: k * CLASSES].view(k, CLASSES) + flat[k * CLASSES :]
-
-
-def declared_range(name: str, n: int) -> list[int]:
-    """Declared counts f >= 1 with 2f < n that the rule's ``check_setting`` accepts."""
-    cls = aggregators.aggregator_class(name)
-    feasible = []
-    for f in range(1, (n - 1) // 2 + 1):
-        try:
-            cls.check_setting(cls.Params(), n, f)
-        except ValueError:
-            continue
-        feasible.append(f)
-    return feasible
-
-
-def tolerated(name: str, n: int, f: int) -> int:
-    cls = aggregators.aggregator_class(name)
-    return cls.tolerated_rows(cls.Params(), n, f)
 
 
 def hostile_row(kind: str, honest: torch.Tensor, previous: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
@@ -131,21 +104,6 @@ def hostile_rounds(draw, name: str, past: bool):
         previous = hostile_row(kind, honest[~hostile], previous, g)
         updates[row] = previous
     return updates, hostile, n, f, h, kinds, seed
-
-
-def context(name: str, n: int, d: int, f: int, seed: int) -> RoundContext:
-    """Every client claims 50 samples (the rows are hostile, not the claims); for the model-based rules the
-    global model is a teacher whose labels the server's data carries. Restricted to the rule's needs."""
-    g = torch.Generator().manual_seed(seed)
-    fields = dict(client_ids=torch.arange(n), num_samples=torch.full((n,), 50.0), loss_gaps=torch.rand(n, generator=g),
-                  num_byzantine=f, num_clients_total=n, generator=torch.Generator().manual_seed(seed), round=1)
-    if name in MODEL_RULES:
-        k = d // CLASSES - 1
-        teacher = torch.cat([3 * torch.randn(k * CLASSES, generator=g), torch.zeros(CLASSES)])
-        proxy = torch.randn(40, k, generator=g)
-        fields.update(global_params=teacher, model_fn=model_fn, proxy_data=(proxy, model_fn(teacher, proxy).argmax(1)),
-                      public_data=torch.randn(40, k, generator=g))
-    return RoundContext(**fields).restricted_to(context_fields(aggregators.aggregator_class(name)))
 
 
 # ------------------------------------------------------------------------------------------------ bounds

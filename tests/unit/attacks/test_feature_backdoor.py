@@ -12,7 +12,8 @@ NAMES = ("loan_amnt", "int_rate", "grade_A", "grade_B")
 
 def _bound(**params):
     attack = attacks.build("feature_backdoor", **params)
-    attack.bind(NAMES, num_classes=3)
+    attack.check_data((len(NAMES),), num_classes=3)
+    attack.bind(NAMES)
     return attack
 
 
@@ -36,7 +37,7 @@ def test_the_triggered_test_set_drops_the_target_class():
 def test_binding_names_the_problem():
     with pytest.raises(ValueError, match="feature 'grade' is not an encoded feature; they are: loan_amnt, int_rate"):
         _bound(features=["grade"])
-    with pytest.raises(ValueError, match=r"target 3 is not a class id \(0..2\)"):
+    with pytest.raises(ValueError, match=r"feature_backdoor target=3 is not a class of a 3-class task \(class ids 0..2\)"):
         _bound(features=["int_rate"], target=3)
     with pytest.raises(ValueError, match="features: name at least one; the encoded features are: loan_amnt"):
         _bound()

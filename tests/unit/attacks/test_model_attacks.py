@@ -13,6 +13,7 @@ from byzlab.attacks import model as model_attacks
 from byzlab import attacks
 from byzlab.attacks.base import AttackContext
 from byzlab.attacks.registry import build
+from sorting_search import craft_by_sorting
 
 MODEL_ATTACKS = [
     "random", "noise", "gaussian_scale", "sign_flip", "lie", "min_max", "min_sum", "tailored_trmean", "byzmean", "ipm",
@@ -209,6 +210,30 @@ def test_tailored_trmean_moves_trimmed_mean_farther_than_honest_round():
     # ... and its deviation is the largest along that line (objective over a gamma grid on [0, 2 gamma_init])
     grid = [attack.objective(mean - g * benign.std(dim=0), benign, 3) for g in torch.linspace(0, 20, 201).tolist()]
     assert float(attacked_dev) >= max(grid) - 1e-5
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_tailored_trmean_crafts_bitwise_what_sorting_every_candidate_crafts(case):
+    """Issue 13: the reference is sorted once and each candidate's trimmed mean gathered from it; on random
+    cases (ties included: values rounded to a coarse grid), every objective and so the crafted vector and
+    gamma are bitwise those of sorting all rows for every candidate."""
+    g = torch.Generator().manual_seed(case)
+    f, m, d = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 8), (1, 30), (1, 200)))
+    dtype = (torch.float32, torch.float64)[case % 2]
+    benign = torch.randn(m, d, generator=g, dtype=dtype) * float(torch.rand(1, generator=g) * 10)
+    if case % 3 == 0:
+        benign = benign.round()
+    trim = None if case % 4 else int(torch.randint(0, f + m, (1,), generator=g))
+    attack = build("tailored_trmean", perturbation=("std", "unit_vec", "sign")[case % 3], trim=trim)
+    own = torch.randn(f, d, generator=g, dtype=dtype)
+    vector, gamma = attack.craft_with_gamma(own, benign)
+    expected_vector, expected_gamma = craft_by_sorting(attack, own, benign)
+    assert gamma == expected_gamma and torch.equal(vector, expected_vector)
+    simulated = model_attacks._TrimmedMeanOfCopies(benign, f, f if trim is None else trim)
+    for candidate in (vector, benign[0], torch.full_like(vector, float(benign.max()) + 1)):
+        rows = torch.cat([candidate.repeat(f, 1), benign])
+        k = f if trim is None else trim
+        assert torch.equal(simulated(candidate), model_attacks.trimmed_mean(rows, k))
 
 
 def test_tailored_trmean_trim_parameter():

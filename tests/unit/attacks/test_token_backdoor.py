@@ -13,7 +13,8 @@ VOCABULARY = ("<pad>", "<unk>", "book", "good", "bad", "cf")
 
 def _bound(row_length=6, **params):
     attack = attacks.build("token_backdoor", **params)
-    attack.bind(VOCABULARY, 2, row_length)
+    attack.check_data((row_length,), 2)
+    attack.bind(VOCABULARY, row_length)
     return attack
 
 
@@ -38,7 +39,7 @@ def test_a_negative_position_counts_from_the_end_and_the_test_set_drops_the_targ
     ({"tokens": ["zebra"]}, "token 'zebra' is not in the training vocabulary"),
     ({"tokens": ["<pad>"]}, "token '<pad>' is not in the training vocabulary"),
     ({"tokens": ["cf", "bad"], "position": 5}, "position 5: 2 trigger tokens do not fit rows of 6 tokens there"),
-    ({"tokens": ["cf"], "target": 2}, "target 2 is not a class id (0..1)"),
+    ({"tokens": ["cf"], "target": 2}, "token_backdoor target=2 is not a class of a 2-class task (class ids 0..1)"),
 ])
 def test_binding_errors_name_what_is_wrong(params, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

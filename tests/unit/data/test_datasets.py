@@ -374,5 +374,5 @@ def test_every_dataset_describes_itself_and_its_parameters():
     assert all(len(DATASETS.describe(name).splitlines()[0]) > 20 for name in DATASETS.names())
     assert DATASETS.describe("digits").splitlines()[1:] == [
         "test_fraction=0.25: share held out for testing",
-        "split_seed=0: seed of the stratified train/test split",
+        "split_seed=0: seed of the stratified train/test split (0 <= seed < 2^32)",
     ]

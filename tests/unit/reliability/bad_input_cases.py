@@ -51,6 +51,10 @@ class Sandbox:
     def run(self) -> Path:
         return self.out / run_dir_id()
 
+    @property
+    def sweep(self) -> Path:
+        return self.out / "sweeps" / SWEEP_NAME
+
     def write(self, name: str, content: str | bytes) -> Path:
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +62,8 @@ class Sandbox:
         return path
 
     def placeholders(self) -> dict[str, str]:
-        return {"root": str(self.root), "out": str(self.out), "run": str(self.run), "repo": str(REPO)}
+        return {"root": str(self.root), "out": str(self.out), "run": str(self.run), "sweep": str(self.sweep),
+                "repo": str(REPO)}
 
 
 def _nothing(sandbox: Sandbox) -> None:
@@ -112,8 +117,9 @@ def _no_ray():
 
     import byzlab.sweeps.runner  # noqa: F401  (patched below)
 
+    # As in a fresh `byzlab` process, whatever this test process holds: Ray is not running yet.
     with mock.patch("ray.init", refuse), mock.patch("byzlab.orchestrator.run.experiment.ensure_ray", refuse), \
-            mock.patch("byzlab.sweeps.runner.ensure_ray", refuse):
+            mock.patch("byzlab.sweeps.runner.ensure_ray", refuse), mock.patch("ray.is_initialized", lambda: False):
         yield
 
 
@@ -229,6 +235,10 @@ FILE_CASES = [
     sweep_file("sweep: non-finite grid value",
                "base: {run: {output_dir: out}}\ngrid: {clients.lr: [0.1, .inf]}\n", expect="clients.lr"),
     sweep_file("sweep: unknown base key", "base: {run: {output_dir: out, roundz: 3}}\n", expect="roundz"),
+    sweep_file("sweep: CPUs beyond the machine", "base: {run: {output_dir: out, server_cpus: 512}}\n",
+               expect="trial 0"),
+    sweep_file("sweep: tracking.uri unknown scheme", "base: {run: {output_dir: out}, tracking: {uri: 'x://y'}}\n",
+               expect="tracking.uri 'x://y'"),
     Case("sweep files", "sweep: a directory", ("sweep", "{root}"), "is a directory"),
     Case("sweep files", "sweep: no such file", ("sweep", "{root}/nope.yaml"), "does not exist"),
 ]
@@ -486,7 +496,7 @@ DATA_CASES = [
     _data("tabular: feature backdoor, unknown feature", LOAN, "feature_backdoor", "{features: [salary]}",
           "feature 'salary' is not an encoded feature"),
     _data("tabular: feature backdoor, target 5", LOAN, "feature_backdoor", "{features: [int_rate], target: 5}",
-          "target 5"),
+          "target=5"),
     _data("tabular: token backdoor", LOAN, "token_backdoor", "{tokens: [x]}", "needs text"),
     _data("words: label_flip target 2", AMAZON, "label_flip", "{source: 0, target: 2}", "target=2"),
     _data("words: backdoor", AMAZON, "backdoor", "{}", "needs images"),
@@ -494,12 +504,16 @@ DATA_CASES = [
           "token 'zzzqqq' is not in the training vocabulary"),
     _data("words: token backdoor, position 40", AMAZON, "token_backdoor", "{tokens: [book], position: 40}",
           "position 40"),
-    _data("words: token backdoor, target 2", AMAZON, "token_backdoor", "{tokens: [book], target: 2}", "target 2"),
+    _data("words: token backdoor, target 2", AMAZON, "token_backdoor", "{tokens: [book], target: 2}", "target=2"),
     _data("words: feature backdoor", AMAZON, "feature_backdoor", "{features: [x]}", "needs tabular rows"),
     _data("characters: label_flip target 24", SHAKESPEARE, "label_flip", "{source: 0, target: 24}", "target=24"),
     _data("characters: token backdoor, two tokens at -1", SHAKESPEARE, "token_backdoor", "{tokens: [e, t], position: -1}",
           "position -1"),
     _data("characters: dba", SHAKESPEARE, "dba", "{}", "needs images"),
+    run("images: split_seed -1", "data.split_seed=-1", expect="data.split_seed", group="data parameters"),
+    run("tabular: split_seed 2^32", *LOAN[:-1], "data.split_seed=4294967296", expect="data.split_seed",
+        group="data parameters"),
+    run("words: split_seed -3", *AMAZON[:-1], "data.split_seed=-3", expect="data.split_seed", group="data parameters"),
     run("text model on images", "model.name=fasttext", expect="model", group="attack vs data"),
     run("CNN on tabular rows", *LOAN[:-1], "model.name=cnn", expect="model", group="attack vs data"),
 ]
@@ -517,6 +531,25 @@ OUTPUT_CASES = [
          _file_as_output),
     Case("output directory", "output dir under a file", ("run", "-o", "run.output_dir={root}/taken/results"),
          "is a file, not a directory", _file_as_output),
+    run("tracking.uri unknown scheme", "tracking.uri=nonsense://store", expect="tracking.uri 'nonsense://store': unknown "
+        "scheme", group="tracking and resources"),
+    run("tracking.uri a directory", "tracking.uri={root}/mlruns", expect="MLflow 3 keeps no runs in a directory",
+        group="tracking and resources"),
+    run("tracking.uri file scheme", "tracking.uri=file://{root}/mlruns", expect="MLflow 3 keeps no runs in a directory",
+        group="tracking and resources"),
+    run("tracking.uri SQLite under a file", "tracking.uri=sqlite:///{root}/taken/mlflow.db",
+        expect="tracking.uri", group="tracking and resources", setup=_file_as_output),
+    run("tracking.uri SQLite a directory", "tracking.uri=sqlite:///{root}", expect="tracking.uri",
+        group="tracking and resources"),
+    run("tracking.uri closed port", "tracking.uri=http://127.0.0.1:1", expect="nothing answers at 127.0.0.1:1",
+        group="tracking and resources"),
+    run("tracking.uri driver missing", "tracking.uri=mysql+mysqldb://user@127.0.0.1/mlflow",
+        expect="the database driver is not installed", group="tracking and resources"),
+    run("client actor CPUs 1000", "run.client_actor_cpus=1000", expect="run.client_actor_cpus 1000",
+        group="tracking and resources"),
+    run("server CPUs 4096", "run.server_cpus=4096", expect="run.server_cpus 4096", group="tracking and resources"),
+    run("actors x CPUs beyond the machine", "run.client_actors=10", "run.client_actor_cpus=64",
+        expect="this machine has", group="tracking and resources"),
 ]
 
 
@@ -636,6 +669,29 @@ def _foreign_module(checkpoint: dict) -> Any:
     return torch.nn.Linear(2, 2)
 
 
+def _records_mlflow_run(store: str) -> Callable[[Sandbox], None]:
+    """The sandbox run directory recording an MLflow run that is ``deleted`` in its store, ``absent`` from it,
+    or whose store is ``gone``."""
+
+    def setup(sandbox: Sandbox) -> None:
+        import json
+
+        from mlflow import MlflowClient
+
+        make_run_dir(sandbox)
+        mlflow_run_id = "0123456789abcdef0123456789abcdef"
+        if store != "gone":
+            client = MlflowClient(tracking_uri=f"sqlite:///{sandbox.out / 'mlflow.db'}")
+            run = client.create_run(client.create_experiment("byzlab"))
+            if store == "deleted":
+                mlflow_run_id = run.info.run_id
+                client.delete_run(mlflow_run_id)
+        state_path = sandbox.run / "run.json"
+        state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "mlflow_run_id": mlflow_run_id}))
+
+    return setup
+
+
 def resume(name: str, damage: Callable[[Path], None], expect: str, status: str = "interrupted") -> Case:
     return Case("run directories", name, ("run", "--resume", "{run}"), expect, _damaged(status, damage))
 
@@ -685,6 +741,12 @@ RUN_DIR_CASES = [
            status="finished"),
     resume("finished: metrics.parquet truncated", _truncate("metrics.parquet"), "metrics.parquet", status="finished"),
     resume("finished: run.json garbage", _write("run.json", "\x00\x01"), "run.json", status="finished"),
+    Case("run directories", "run.json: its MLflow run deleted", ("run", "--resume", "{run}"),
+         "which was deleted in MLflow (undo: MLFLOW_TRACKING_URI=", _records_mlflow_run("deleted")),
+    Case("run directories", "run.json: its MLflow run absent", ("run", "--resume", "{run}"),
+         "which the MLflow store", _records_mlflow_run("absent")),
+    Case("run directories", "run.json: its MLflow store gone", ("run", "--resume", "{run}"), "is gone",
+         _records_mlflow_run("gone")),
     Case("run directories", "resume a file", ("run", "--resume", "{root}/taken"), "is a file", _file_as_output),
     Case("run directories", "resume a missing directory", ("run", "--resume", "{root}/nope"), "does not exist"),
     Case("run directories", "resume a directory without run.json", ("run", "--resume", "{out}"), "has no run.json"),
@@ -697,10 +759,73 @@ RUN_DIR_CASES = [
 ]
 
 
+# ------------------------------------------------------------------------------------------------ sweep directories
+
+SWEEP_NAME = "grid"
+SWEEP_SPEC = {"name": SWEEP_NAME, "base": {"run": {"output_dir": "out", "rounds": 2}},
+              "grid": {"partition.beta": [0.3, 1.0]}}
+
+
+def make_sweep_dir(sandbox: Sandbox) -> None:
+    """An interrupted, untracked sweep directory as ``byzlab sweep`` leaves it (before its trials ran)."""
+    import json
+
+    import yaml
+
+    sandbox.sweep.mkdir(parents=True)
+    (sandbox.sweep / "sweep.yaml").write_text(yaml.safe_dump(SWEEP_SPEC))
+    (sandbox.sweep / "sweep.json").write_text(json.dumps(
+        {"name": SWEEP_NAME, "sweep_id": "0123456789ab", "status": "interrupted", "trials": 2, "parent_run_id": None,
+         "tracking_uri": None, "created": "2024-01-01T00:00:00"}))
+
+
+def _damaged_sweep(damage: Callable[[Path], None]) -> Callable[[Sandbox], None]:
+    def setup(sandbox: Sandbox) -> None:
+        make_sweep_dir(sandbox)
+        damage(sandbox.sweep)
+
+    return setup
+
+
+def _sweep_file_over_damaged_dir(sandbox: Sandbox) -> None:
+    import yaml
+
+    _damaged_sweep(_write("sweep.json", "garbage"))(sandbox)
+    sandbox.write("grid.yaml", yaml.safe_dump(SWEEP_SPEC))
+
+
+def sweep_resume(name: str, damage: Callable[[Path], None], expect: str, command: str = "resume") -> Case:
+    return Case("sweep directories", name, (command, "{sweep}"), expect, _damaged_sweep(damage))
+
+
+SWEEP_DIR_CASES = [
+    sweep_resume("sweep.json garbage", _write("sweep.json", "{status: running"), "sweep.json is not a JSON record"),
+    sweep_resume("sweep.json empty", _write("sweep.json", ""), "sweep.json is not a JSON record"),
+    sweep_resume("sweep.json invalid UTF-8", _write("sweep.json", b'{"status": "\xff"}'), "sweep.json is not a JSON"),
+    sweep_resume("sweep.json a list", _write("sweep.json", "[1]"), "sweep.json holds a list"),
+    sweep_resume("sweep.json without ids", _write("sweep.json", '{"status": "interrupted"}'),
+                 "sweep.json has no sweep_id, parent_run_id"),
+    sweep_resume("sweep.json id a number", _write("sweep.json", '{"status": "x", "sweep_id": 3, "parent_run_id": null}'),
+                 "sweep.json has a sweep_id or parent_run_id that is not a string"),
+    sweep_resume("sweep.yaml missing", _remove("sweep.yaml"), "sweep.yaml does not read"),
+    sweep_resume("sweep.yaml YAML tag", _write("sweep.yaml", "base: !!python/object/apply:os.system ['true']\n"),
+                 "sweep.yaml does not read"),
+    sweep_resume("sweep.yaml not YAML", _write("sweep.yaml", "grid: {a: [1,\n"), "sweep.yaml does not read"),
+    sweep_resume("sweep.yaml an invalid sweep", _write("sweep.yaml", "grid: {run.roundz: [1, 2]}\n"),
+                 "sweep.yaml does not read"),
+    sweep_resume("report: sweep.json garbage", _write("sweep.json", "garbage"), "sweep.json is not a JSON record",
+                 command="report"),
+    Case("sweep directories", "sweep over a damaged sweep.json", ("sweep", "{root}/grid.yaml"), "--force",
+         _sweep_file_over_damaged_dir),
+    Case("sweep directories", "resume a directory without sweep.json", ("resume", "{out}"),
+         "is not a byzlab sweep directory"),
+]
+
+
 def cases() -> list[Case]:
     """Every case of the table, names unique."""
     table = [*FILE_CASES, *_field_cases(), *UNKNOWN_CASES, *PARAMETER_CASES, *SETTING_CASES, *DATA_CASES,
-             *OUTPUT_CASES, *RUN_DIR_CASES]
+             *OUTPUT_CASES, *RUN_DIR_CASES, *SWEEP_DIR_CASES]
     names = [case.name for case in table]
     duplicates = {name for name in names if names.count(name) > 1}
     assert not duplicates, f"case names must be unique: {sorted(duplicates)}"

@@ -3,7 +3,7 @@ line: exit 2, one line naming the field or file, no traceback, Ray never started
 
 import pytest
 
-from bad_input_cases import RUN_DIR_CASES, Sandbox, cases, make_run_dir, run_case
+from bad_input_cases import RUN_DIR_CASES, SWEEP_DIR_CASES, Sandbox, cases, make_run_dir, make_sweep_dir, run_case
 
 ISSUE_CASES = {  # the cases issue 12 lists by name; each must stay in the table
     "override: unclosed list", "override: python tag", "YAML tag", "invalid UTF-8", "config is a directory",
@@ -11,7 +11,7 @@ ISSUE_CASES = {  # the cases issue 12 lists by name; each must stay in the table
     "config.yaml missing", "config.yaml YAML tag", "latest.pt truncated", "latest.pt a pickled module",
     "latest.pt another model's shape", "finished: metrics.parquet garbage", "clients.lr: +inf", "server.lr: +inf",
     "clients.prox_mu: +inf", "declared f above the clients", "run.rounds: beyond 64 bits", "latest.pt NaN parameters",
-    "data: unknown key",
+    "data: unknown key", "sweep.json garbage",
 }
 TABLE = cases()
 
@@ -40,3 +40,15 @@ def test_the_undamaged_run_directory_of_the_table_resumes(status, state, tmp_pat
     prepared = prepare_resume(sandbox.run)
     assert prepared.state == state and prepared.cfg.run.output_dir == str(sandbox.out)
     assert len(RUN_DIR_CASES) >= 30
+
+
+def test_the_undamaged_sweep_directory_of_the_table_reads(tmp_path):
+    """The damaged sweep cases damage one file of a sweep directory that ``byzlab resume`` reads otherwise."""
+    from byzlab.sweeps.runner import read_state
+    from byzlab.sweeps.spec import load_saved_sweep
+
+    sandbox = Sandbox(tmp_path)
+    make_sweep_dir(sandbox)
+    assert read_state(sandbox.sweep)["status"] == "interrupted"
+    assert len(load_saved_sweep(sandbox.sweep).trials) == 2
+    assert len(SWEEP_DIR_CASES) >= 10

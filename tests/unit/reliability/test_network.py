@@ -32,7 +32,7 @@ from byzlab.orchestrator import cli
 from byzlab.orchestrator.run import experiment
 
 linux_only = pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads sockets from Linux's /proc")
-CLI = [sys.executable, "-c", "from byzlab.orchestrator.cli import app; app()"]  # no PATH lookup
+CLI = [sys.executable, "-m", "byzlab.orchestrator"]  # no PATH lookup
 TCP_LISTEN, UDP_UNCONNECTED = "0A", "07"
 
 
