@@ -150,9 +150,10 @@ def _interrupted(run_dir: Path | None, what: str, code: int) -> None:
     go on: 128 + the signal's number is the exit code a shell expects."""
     from byzlab.orchestrator.run.storage import RunDirectory
 
-    written = run_dir is not None and RunDirectory(run_dir).exists()
+    directory = RunDirectory(run_dir) if run_dir is not None else None
+    written = directory is not None and directory.exists()
     try:
-        finished = written and RunDirectory(run_dir).read_state()["status"] == "finished"
+        finished = written and directory.read_state()["status"] == "finished"
     except ConfigError:  # damaged: the resume command says how
         finished = False
     if not written:

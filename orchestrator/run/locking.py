@@ -45,14 +45,20 @@ def run_lock(run_path: Path) -> Iterator[None]:
         lock.release()
 
 
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a SQLite store URI (sqlite:////abs/path -> /abs/path; sqlite:///rel -> rel), None
+    for any other store."""
+    return Path(tracking_uri.removeprefix(SQLITE_PREFIX)) if tracking_uri.startswith(SQLITE_PREFIX) else None
+
+
 @contextmanager
 def store_lock(tracking_uri: str) -> Iterator[None]:
     """Serialise opening a SQLite MLflow store (its creation and schema migration); other stores need
     nothing. Waits for the holder: opening a store takes a second or two."""
-    if not tracking_uri.startswith(SQLITE_PREFIX):
+    database = sqlite_file(tracking_uri)
+    if database is None:
         yield
         return
-    database = Path(tracking_uri[len(SQLITE_PREFIX) :])  # sqlite:////abs/path -> /abs/path; sqlite:///rel -> rel
     database.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(database.with_name(database.name + ".lock")):
         yield

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from byzlab.orchestrator.config import ExperimentConfig, flatten
 from byzlab.orchestrator.core.errors import ConfigError
 from byzlab.orchestrator.core.plugins import first_line
-from byzlab.orchestrator.run.locking import SQLITE_PREFIX, store_lock
+from byzlab.orchestrator.run.locking import SQLITE_PREFIX, sqlite_file, store_lock
 from byzlab.orchestrator.run.storage import check_output_dir
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -62,8 +62,8 @@ def check_tracking_uri(cfg: ExperimentConfig) -> None:
     if scheme not in _STORE_SCHEMES:
         raise ConfigError(f"tracking.uri '{uri}': unknown scheme '{parsed.scheme}'; one of {', '.join(_STORE_SCHEMES)}")
     if scheme == "sqlite":
-        database = Path(uri.removeprefix(SQLITE_PREFIX))
-        if not uri.startswith(SQLITE_PREFIX) or database.is_dir():
+        database = sqlite_file(uri)
+        if database is None or database.is_dir():
             raise ConfigError(f"tracking.uri '{uri}': a SQLite store is sqlite:///<relative file> or "
                               "sqlite:////<absolute file>")
         check_output_dir(database.parent, field="tracking.uri")
@@ -95,8 +95,9 @@ def tracked_run_problem(cfg: ExperimentConfig, mlflow_run_id: str) -> str | None
     """Why the MLflow run a run directory records cannot be continued (None when it can): its store or the
     run is gone, or the run was deleted. Reads the store without creating or migrating it."""
     uri = tracking_uri(cfg)
-    if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).is_file():
-        return f"but the MLflow store {uri.removeprefix(SQLITE_PREFIX)} is gone"
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
+        return f"but the MLflow store {database} is gone"
     try:
         run = MlflowClient(tracking_uri=uri).get_run(mlflow_run_id)
     except SQLAlchemyError as err:
@@ -123,8 +124,9 @@ def store_client(uri: str) -> MlflowClient:
     """A client on the store at ``uri``, the store created and migrated first, one process at a time;
     ConfigError (one line) when the store does not open."""
     with store_lock(uri):
-        if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).exists():
-            _create_sqlite_store(Path(uri.removeprefix(SQLITE_PREFIX)))
+        database = sqlite_file(uri)
+        if database is not None and not database.exists():
+            _create_sqlite_store(database)
         try:
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)  # the first query creates or migrates the store
