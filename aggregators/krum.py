@@ -36,6 +36,7 @@ from pydantic import Field
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
 from byzlab.aggregators.numerics import coordinate_chunks, krum_order, mean_rows, pairwise_distances, sorted_median
 from byzlab.aggregators.registry import register
+from byzlab.orchestrator.core.columns import sorted_columns
 
 KP = TypeVar("KP", bound=AggregatorParams)
 
@@ -202,7 +203,7 @@ class Bulyan(Aggregator[BulyanParams]):
         chosen = accepted.nonzero().squeeze(1)
         out = torch.empty(d, device=updates.device, dtype=updates.dtype)
         for cols in coordinate_chunks(d, theta):
-            ordered = torch.sort(updates[:, cols][chosen], dim=0).values
+            ordered = sorted_columns(updates[:, cols][chosen])
             gap = (ordered - sorted_median(ordered, dim=0)).abs()
             keep = torch.sort(gap, dim=0, stable=True).indices[:beta]
             out[cols] = mean_rows(ordered.gather(0, keep))

@@ -60,23 +60,26 @@ included, so ``update != weights @ updates`` in general); ``info``: ``kept_share
 (fraction of layers in which a client was kept), ``layers``, ``fallback_layers``, ``k``, ``clipped`` (clients
 with clip factor < 1), ``median_norm``. Identical inputs u return ``Top_k(u)`` (not u) unless SL = 0.
 
-Cost: one ``torch.topk`` over the [n, D] magnitudes of all clients at once (on the smaller side: the k kept
-or the D - k dropped), then passes over the layers with vectorised reductions (no loop over clients or
-coordinates). Beyond the input it holds the [n, D] magnitudes, the selection's values and int64 indices
-(min(k, D - k) per row), a boolean mask and one layer-sized [n, m] block: about 2.5x the weight part of
-the input at SL = 0.3.
+Cost: each client's Top-k threshold is selected (numpy's introselect; ``torch.topk`` where magnitudes tie at
+the threshold, and on GPUs), then passes over the layers with vectorised reductions, a few rows at a time
+for the per-client statistics and a slice of coordinates at a time for the mean (no loop over clients or
+coordinates in Python). Beyond the input it holds the boolean Top-k mask [n, D] (a quarter of the input's
+bytes), one copy of a row per thread and one block of about 2**24 elements: about 1.3x the input.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import weighted_rows
+from byzlab.aggregators.numerics import CHUNK_ELEMENTS, coordinate_chunks, weighted_rows
 from byzlab.aggregators.registry import register
+from byzlab.orchestrator.core.columns import on_threads
 from byzlab.orchestrator.core.layout import Layer
 
 
@@ -126,27 +129,54 @@ def top_k_count(sparsity: float, size: int) -> int:
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """Bool [n, D]: True on the k entries of largest magnitude of each row (Definition 1); ties at the k-th
     magnitude are broken by ``torch.topk``. Exactly k True per row."""
-    return _top_k_of_magnitudes(values.abs(), k)
+    n, size = values.shape
+    mask = torch.empty(n, size, dtype=torch.bool, device=values.device)
+    _fill_top_k(mask, lambda i: values[i].abs(), k)
+    return mask
 
 
-def _top_k_of_magnitudes(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
-    """``top_k_mask`` on magnitudes already taken. Selects the smaller side (the k kept or the D - k dropped)
-    so the index tensor holds at most D/2 entries per row."""
-    n, size = magnitudes.shape
+def _fill_top_k(mask: torch.Tensor, magnitudes_of_row: Callable[[int], torch.Tensor], k: int) -> None:
+    """Write each row's Top-k mask (:func:`top_k_mask`) into ``mask`` [n, D], one row's magnitudes at a time.
+
+    On the CPU the k-th largest magnitude T is selected (numpy's introselect, rows spread over torch's
+    threads) and the row's Top-k is ``|x| >= T``, the same set ``torch.topk`` returns whenever exactly k
+    magnitudes reach T. A row where more do (ties at T) goes through ``torch.topk``, whose choice among the
+    tied entries is what this rule has always used. Other devices use ``torch.topk`` on every row."""
+    n, size = mask.shape
     if k >= size:
-        return torch.ones(n, size, dtype=torch.bool, device=magnitudes.device)
-    if k <= size - k:
-        idx = torch.topk(magnitudes, k, dim=1, sorted=False).indices
-        return torch.zeros(n, size, dtype=torch.bool, device=magnitudes.device).scatter_(1, idx, True)
-    idx = torch.topk(magnitudes, size - k, dim=1, largest=False, sorted=False).indices
-    return torch.ones(n, size, dtype=torch.bool, device=magnitudes.device).scatter_(1, idx, False)
+        mask.fill_(True)
+        return
+
+    def by_topk(i: int, magnitudes: torch.Tensor) -> None:
+        if k <= size - k:  # the smaller side: at most D/2 indices
+            mask[i] = False
+            mask[i, torch.topk(magnitudes, k, sorted=False).indices] = True
+        else:
+            mask[i] = True
+            mask[i, torch.topk(magnitudes, size - k, largest=False, sorted=False).indices] = False
+
+    def by_selection(i: int) -> None:
+        magnitudes = magnitudes_of_row(i)
+        selected = np.array(magnitudes.numpy())  # a copy, partitioned in place
+        selected.partition(size - k)
+        threshold = selected[size - k]
+        torch.ge(magnitudes, float(threshold), out=mask[i])
+        if int(mask[i].sum()) != k:
+            by_topk(i, magnitudes)
+
+    if mask.device.type != "cpu":
+        for i in range(n):
+            by_topk(i, magnitudes_of_row(i))
+        return
+    on_threads(lambda rows: [by_selection(i) for i in range(rows.start, rows.stop)],
+               (slice(i, i + 1) for i in range(n)))
 
 
 def positive_direction_purity(x: torch.Tensor) -> torch.Tensor:
     """PDP (Definition 2, eq. 1) of each row of ``x`` [n, m] -> float64 [n]:
     ``(1 + sum sgn(x) / sum |sgn(x)|) / 2``; 0.5 for an all-zero row."""
-    pos = (x > 0).sum(dim=1, dtype=torch.float64)
-    neg = (x < 0).sum(dim=1, dtype=torch.float64)
+    pos = torch.count_nonzero(x > 0, dim=1).double()
+    neg = torch.count_nonzero(x < 0, dim=1).double()
     signed = pos + neg
     ratio = (pos - neg) / signed.clamp(min=1.0)
     return torch.where(signed > 0, 0.5 * (1.0 + ratio), torch.full_like(ratio, 0.5))
@@ -159,6 +189,12 @@ def mz_scores(values: torch.Tensor) -> torch.Tensor:
     median = torch.quantile(values, 0.5, dim=0, keepdim=True)
     std = values.std(dim=0, correction=0, keepdim=True)
     return torch.where(std > 0, (values - median) / std.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
+
+
+def _row_blocks(n: int, width: int) -> list[slice]:
+    """Slices of ``range(n)`` whose [rows, width] blocks hold about :data:`numerics.CHUNK_ELEMENTS` elements."""
+    step = max(1, CHUNK_ELEMENTS // max(1, width))
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
 
 
 def _layout(ctx: RoundContext, d: int) -> tuple[Layer, ...]:
@@ -216,29 +252,35 @@ class LASA(Aggregator[LASAParams]):
         segments: dict[int, slice] = {}  # layout offset -> columns of the weight block
         mask = None
         if 0 < k < size:
-            magnitudes = torch.cat([updates[:, layer.slice] for layer in weight_layers], dim=1).abs_()
-            mask = _top_k_of_magnitudes(magnitudes, k)
-            del magnitudes
             start = 0
             for layer in weight_layers:
                 segments[layer.offset] = slice(start, start + layer.numel)
                 start += layer.numel
+            mask = torch.empty(n, size, dtype=torch.bool, device=updates.device)
+            _fill_top_k(mask, lambda i: torch.cat([updates[i, layer.slice] for layer in weight_layers]).abs(), k)
 
-        def sparsified(layer: Layer) -> torch.Tensor:
-            block = updates[:, layer.slice]
-            return block * mask[:, segments[layer.offset]] if layer.offset in segments else block
+        def sparsified(layer: Layer, rows: slice, columns: slice) -> torch.Tensor:
+            """Rows ``rows`` and the layer's columns ``columns`` (relative to the layer) of Top_k(Delta)."""
+            block = updates[rows, layer.offset + columns.start : layer.offset + columns.stop]
+            if layer.offset not in segments:
+                return block
+            segment = segments[layer.offset].start
+            return block * mask[rows, segment + columns.start : segment + columns.stop]
 
-        # Per-layer statistics on the unclipped sparsified update (Alg. 1 lines 6-7), and the parameter norms.
+        # Per-layer statistics on the unclipped sparsified update (Alg. 1 lines 6-7), and the parameter norms;
+        # a whole row at a time (each row's sums as over the whole layer), a few rows at once.
         num = len(layers)
         norms = torch.empty(n, num, dtype=torch.float64, device=updates.device)
         pdps = torch.empty(n, num, dtype=torch.float64, device=updates.device)
         param_sq = torch.zeros(n, dtype=torch.float64, device=updates.device)
         for j, layer in enumerate(layers):
-            if layer.kind != "buffer":
-                param_sq += torch.linalg.vector_norm(updates[:, layer.slice], dim=1, dtype=torch.float64).square()
-            block = sparsified(layer)
-            norms[:, j] = torch.linalg.vector_norm(block, dim=1, dtype=torch.float64)
-            pdps[:, j] = positive_direction_purity(block)
+            for rows in _row_blocks(n, layer.numel):  # float64 norms upcast their input: a block at a time
+                if layer.kind != "buffer":
+                    param_sq[rows] += torch.linalg.vector_norm(
+                        updates[rows, layer.slice], dim=1, dtype=torch.float64).square()
+                block = sparsified(layer, rows, slice(0, layer.numel))
+                norms[rows, j] = torch.linalg.vector_norm(block, dim=1, dtype=torch.float64)
+                pdps[rows, j] = positive_direction_purity(block)
 
         # Median-norm clipping (reference code): s_i = min(1, M / ||Delta_i||), parameters only.
         param_norms = param_sq.sqrt()
@@ -259,8 +301,10 @@ class LASA(Aggregator[LASAParams]):
         if ctx.layers:
             out.zero_()  # coordinates outside the layout (none in a model layout) stay 0
         for j, layer in enumerate(layers):
-            coef = share[:, j] if layer.kind == "buffer" else share[:, j] * scales
-            out[layer.slice] = weighted_rows(coef.to(updates.dtype), sparsified(layer))
+            coef = (share[:, j] if layer.kind == "buffer" else share[:, j] * scales).to(updates.dtype)
+            for columns in coordinate_chunks(layer.numel, n):  # each coordinate's sum over the clients as whole
+                out[layer.offset + columns.start : layer.offset + columns.stop] = weighted_rows(
+                    coef, sparsified(layer, slice(0, n), columns))
 
         kept_count = kept.sum(dim=1)
         kept_share = kept_count.double() / num

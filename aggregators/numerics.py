@@ -26,7 +26,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 import torch
+
+from byzlab.orchestrator.core.columns import on_threads, sorted_columns
 
 CHUNK_ELEMENTS = 2**24
 """Default work elements per slice of coordinates (sorted values, slopes): 64 MiB in float32."""
@@ -56,7 +59,11 @@ def sorted_median(ordered: torch.Tensor, dim: int) -> torch.Tensor:
     upper = ordered.select(dim, n // 2)
     if n % 2:
         return upper
-    lower = ordered.select(dim, n // 2 - 1)
+    return _mean_of_middles(ordered.select(dim, n // 2 - 1), upper)
+
+
+def _mean_of_middles(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """(lower + upper) / 2, halving first where the sum overflows."""
     middle = (lower + upper) / 2
     overflowed = torch.isinf(middle) & torch.isfinite(lower) & torch.isfinite(upper)
     if bool(overflowed.any()):  # two values near the dtype's largest: halve first (exact, no overflow)
@@ -64,25 +71,54 @@ def sorted_median(ordered: torch.Tensor, dim: int) -> torch.Tensor:
     return middle
 
 
+SELECTION_ROWS = 1 << 14
+"""Rows per block of :func:`median_last` on the CPU: one block's values stay in the cache while selected."""
+
+
 def coordinate_median(rows: torch.Tensor) -> torch.Tensor:
-    """Coordinate-wise median [d] of ``rows`` [n, d] (:func:`sorted_median`), over slices of coordinates."""
+    """Coordinate-wise median [d] of ``rows`` [n, d] (:func:`sorted_median`'s definition), by selection over
+    slices of coordinates, each transposed so that a coordinate's n values are contiguous."""
     n, d = rows.shape
     out = torch.empty(d, device=rows.device, dtype=rows.dtype)
-    for cols in coordinate_chunks(d, n):
-        out[cols] = sorted_median(torch.sort(rows[:, cols], dim=0).values, dim=0)
+    for cols in coordinate_chunks(d, n, chunk=SELECTION_ROWS if rows.device.type == "cpu" else None):
+        out[cols] = median_last(rows[:, cols].T)
     return out
 
 
-def median_last(values: torch.Tensor) -> torch.Tensor:
-    """Median along the last dimension (mean of the two middle values for an even count)."""
-    return sorted_median(torch.sort(values, dim=-1).values, dim=-1)
+def median_last(values: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+    """Median along the last dimension: the middle value for an odd count, the mean of the two middle values
+    for an even count (bitwise :func:`sorted_median` of the sorted values).
+
+    On the CPU the middle values are selected, not sorted: numpy's introselect (``np.partition``) puts the
+    upper middle value in place with every value below it to its left, whose maximum is the lower one; blocks
+    of rows are selected on torch's threads (numpy releases the GIL). On other devices, a sort. ``scratch``:
+    the caller no longer needs a contiguous ``values``, which is then reordered in place instead of copied."""
+    k = values.shape[-1]
+    if values.device.type != "cpu" or values.numel() == 0 or values.requires_grad:
+        return sorted_median(torch.sort(values, dim=-1).values, dim=-1)
+    flat = values.reshape(-1, k)
+    upper = torch.empty(flat.shape[0], dtype=values.dtype)
+    lower = torch.empty_like(upper) if k % 2 == 0 else upper
+
+    def select(rows: slice) -> None:
+        block = flat[rows].numpy()
+        if not (scratch and block.flags.c_contiguous):
+            block = np.array(block, order="C")  # a row-major copy, selected in place
+        block.partition(k // 2, axis=1)
+        upper[rows] = torch.from_numpy(block[:, k // 2])
+        if k % 2 == 0:
+            lower[rows] = torch.from_numpy(block[:, : k // 2].max(axis=1))
+
+    on_threads(select, (slice(start, start + SELECTION_ROWS) for start in range(0, flat.shape[0], SELECTION_ROWS)))
+    middle = upper if k % 2 else _mean_of_middles(lower, upper)
+    return middle.reshape(values.shape[:-1])
 
 
 def trimmed_mean(rows: torch.Tensor, k: int) -> torch.Tensor:
     """Coordinate-wise trimmed mean of ``rows`` [n, c] (Yin et al., ICML 2018, Definition 2): drop the k
     largest and k smallest values of every column and average the n - 2k that remain (needs 2k < n)."""
     n = rows.shape[0]
-    return mean_rows(torch.sort(rows, dim=0).values[k : n - k])
+    return mean_rows(sorted_columns(rows)[k : n - k])
 
 
 def repeated_median_slopes(z: torch.Tensor) -> torch.Tensor:
@@ -90,16 +126,15 @@ def repeated_median_slopes(z: torch.Tensor) -> torch.Tensor:
     "Attack-Resistant Federated Learning with Residual-based Reweighting"): ``m_i = med_{j != i} (z_j - z_i) /
     (j - i)`` [c, K] for values ``z`` [c, K] sorted along the last dimension (x = rank = 0..K-1, K >= 2).
 
-    Memory: one [c, K, K - 1] slope tensor."""
-    k = z.shape[-1]
+    Memory: two [c, K, K] tensors."""
+    c, k = z.shape
     x = torch.arange(k, device=z.device, dtype=z.dtype)
-    # other[i] = the K - 1 indices j != i
-    other = torch.arange(k - 1, device=z.device).unsqueeze(0).expand(k, k - 1)
-    other = other + (other >= torch.arange(k, device=z.device).unsqueeze(1)).long()
-    run = x[other] - x.unsqueeze(1)  # x_j - x_i, never 0 since ranks are distinct
-    slopes = z[:, other]  # [c, K, K-1]: y_j
-    slopes.sub_(z.unsqueeze(-1)).div_(run)  # (y_j - y_i) / (x_j - x_i)
-    return median_last(slopes)
+    rise = z.unsqueeze(1) - z.unsqueeze(2)  # [c, K, K]: y_j - y_i at [:, i, j]
+    run = x.unsqueeze(0) - x.unsqueeze(1)  # x_j - x_i
+    # Off the diagonal, row by row: after the first entry, the diagonal is the last of every K + 1 entries.
+    slopes = rise.view(c, k * k)[:, 1:].view(c, k - 1, k + 1)[:, :, :k].reshape(c, k, k - 1)
+    slopes.div_(run.view(k * k)[1:].view(k - 1, k + 1)[:, :k].reshape(k, k - 1))  # never 0: ranks are distinct
+    return median_last(slopes, scratch=True)
 
 
 def lines_at_centre(z: torch.Tensor, slopes: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:
@@ -120,6 +155,10 @@ def squared_distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
     return (diag.unsqueeze(-1) + diag.unsqueeze(-2) - 2 * gram).clamp_min(0)
 
 
+L1_BLOCK_COLUMNS = 2048
+"""Coordinates per block of the L1 distances: 100 rows of a block (0.8 MiB in float32) stay in the cache."""
+
+
 def pairwise_distances(updates: torch.Tensor, p: int, chunk: int = 1 << 16) -> torch.Tensor:
     """[n, n] distances, exactly symmetric: squared Euclidean for ``p = 2`` (Krum's ||V_i - V_j||^2), L1 for
     ``p = 1``.
@@ -128,12 +167,20 @@ def pairwise_distances(updates: torch.Tensor, p: int, chunk: int = 1 << 16) -> t
     a matrix product instead of n^2 d scalar differences (several times faster on CPU, far more on GPU).
     float64 keeps the cancellation in ||a||^2 + ||b||^2 - 2<a, b> negligible for float32 updates, and a
     huge row (even 1e30) cannot disturb the distances between the others; distances that overflow come
-    out as +inf, never NaN. The float64 copy never exceeds one chunk. L1 distances come from
-    ``torch.cdist``.
+    out as +inf, never NaN. The float64 copy never exceeds one chunk. L1 distances are sums of
+    ``torch.pdist`` over blocks of :data:`L1_BLOCK_COLUMNS` coordinates, accumulated in float64.
     """
     if p == 1:
-        dist = torch.cdist(updates, updates, p=1.0)
-        return torch.maximum(dist, dist.T)  # equal up to rounding; made exactly symmetric
+        # torch.pdist (each pair once) over column blocks that stay in the cache, summed in float64: 15x
+        # faster than torch.cdist(p=1) on whole rows (benchmarks/results/aggregators.md).
+        n = updates.shape[0]
+        pairs = torch.zeros(n * (n - 1) // 2, dtype=torch.float64, device=updates.device)
+        for block in updates.split(L1_BLOCK_COLUMNS, dim=1):
+            pairs += torch.pdist(block, p=1.0)
+        i, j = torch.triu_indices(n, n, 1, device=updates.device)
+        dist = torch.zeros(n, n, dtype=updates.dtype, device=updates.device)
+        dist[i, j] = dist[j, i] = pairs.to(updates.dtype)  # i < j in pdist's order
+        return dist
     n = updates.shape[0]
     gram = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
     for block in updates.split(chunk, dim=1):

@@ -31,6 +31,7 @@ from scipy.stats import norm
 
 from byzlab.attacks.base import AttackContext, AttackParams, ModelAttack
 from byzlab.attacks.registry import attack_class, build, register, validate_params
+from byzlab.orchestrator.core.columns import sorted_columns
 
 Perturbation = Literal["unit_vec", "std", "sign"]
 
@@ -112,30 +113,54 @@ class _TrimmedMeanOfCopies:
     Inserting f copies of v[j] into the sorted column j of the reference gives the sorted column of the union:
     the r_j reference values below v[j], then the f copies, then the rest. So union row t is reference row t
     where t < r_j, v[j] where t < r_j + f, and reference row t - f otherwise: the rows the trimmed mean keeps
-    are selected from two fixed blocks of the sorted reference and v, in O(n d) per candidate, instead of
-    sorting the (f + m) x d values again (the γ searches test ~20 candidates). They are the same values in the
-    same order as ``torch.sort(...)[trim : n - trim]`` (equal values are interchangeable), so the mean, taken
-    the same way, is bitwise the same."""
+    (t in [k, n - k)) are selected from two fixed blocks of the sorted reference and v, in O(n) per coordinate,
+    instead of sorting the (f + m) x d values again (the γ searches test ~20 candidates). They are the same
+    values in the same order as ``torch.sort(...)[trim : n - trim]`` (equal values are interchangeable), so
+    the mean, taken the same way, is bitwise the same.
+
+    A coordinate whose copies are all trimmed (k >= f and r_j + f <= k or r_j >= n - k) keeps reference rows
+    that do not depend on v: [k - f, n - k - f) or [k, n - k). Their two means are taken once, so a candidate
+    costs O(n) only on the coordinates whose copies are kept ("active": decided by comparing v with two rows
+    of the sorted reference, with no search) and O(1) elsewhere, plus one mean over the kept rows."""
 
     def __init__(self, reference: torch.Tensor, f: int, trim: int) -> None:
-        ordered = torch.sort(reference, dim=0).values
+        ordered = sorted_columns(reference)
         m = ordered.shape[0]
         n = f + m
         k = max(0, min(trim, (n - 1) // 2))
-        self.columns, self.f = ordered.T.contiguous(), f  # each coordinate's sorted values, for searchsorted
+        self.ordered, self.f = ordered, f
         self.rows = torch.arange(k, n - k, device=reference.device, dtype=torch.int32)[:, None]  # the kept rows t
         if k >= f:  # the default (trim = f): both blocks are views of the sorted reference
             self.below_block, self.above_block = ordered[k : n - k], ordered[k - f : n - k - f]
-        else:  # rows past either end are never selected: any row stands in for them
+            self.all_below = (ordered[k - f], self.above_block.mean(dim=0))  # v <= this row: r_j <= k - f
+            self.all_above = (ordered[n - k - 1], self.below_block.mean(dim=0))  # v > this row: r_j >= n - k
+        else:  # copies are always kept; rows past either end are never selected: any row stands in for them
             self.below_block = ordered[self.rows[:, 0].clamp(max=m - 1)]
             self.above_block = ordered[(self.rows[:, 0] - f).clamp(min=0)]
-        self.kept = torch.empty_like(self.below_block)
+            self.all_below = self.all_above = None
+        # The kept rows, averaged at full width whatever the active coordinates: a mean over dim 0 of a narrower
+        # matrix may take another reduction path (and other bits). Inactive columns hold stale values, unused.
+        self.kept = self.above_block.clone()
 
     def __call__(self, vector: torch.Tensor) -> torch.Tensor:
-        below = torch.searchsorted(self.columns, vector[:, None], out_int32=True).T  # r_j, values below v[j]
-        torch.where(self.rows < below + self.f, vector, self.above_block, out=self.kept)
-        torch.where(self.rows < below, self.below_block, self.kept, out=self.kept)
-        return self.kept.mean(dim=0)
+        if self.all_below is None:
+            self._fill_kept(vector, slice(None))
+            return self.kept.mean(dim=0)
+        (low_row, low_mean), (high_row, high_mean) = self.all_below, self.all_above
+        below, above = vector <= low_row, vector > high_row
+        out = torch.where(below, low_mean, high_mean)
+        active = (~below & ~above).nonzero().squeeze(1)
+        if active.numel():
+            self._fill_kept(vector[active], active)
+            out[active] = self.kept.mean(dim=0)[active]
+        return out
+
+    def _fill_kept(self, vector: torch.Tensor, columns: torch.Tensor | slice) -> None:
+        """Write the kept rows of the union with copies of ``vector`` into ``columns`` of ``self.kept``."""
+        sorted_columns = self.ordered[:, columns].T.contiguous()  # each coordinate's sorted values, for the search
+        below = torch.searchsorted(sorted_columns, vector[:, None], out_int32=True).T  # r_j, values below v[j]
+        kept = torch.where(self.rows < below + self.f, vector, self.above_block[:, columns])
+        self.kept[:, columns] = torch.where(self.rows < below, self.below_block[:, columns], kept)
 
 
 # ----------------------------------------------------------------------------------------- naive attacks

@@ -8,6 +8,15 @@ and the table says so.
 
     python benchmarks/aggregators.py [--timeout 300] [--memory-gib 20] [--rules krum,median]
 
+``--byzfl`` instead measures, for the rules EPFL's ByzFL also has, byzlab and ByzFL's torch and numpy
+backends side by side in one process on the same inputs (n = 50 and 100, d = 1e6; 1 and 2 threads) and how far
+their outputs are apart; ByzFL must be importable (``pip install byzfl`` with its dependencies, or on
+``PYTHONPATH``). It rewrites only the ByzFL section of the results file.
+
+``--before REV --rules ... --cells 100:1e6,...`` measures each cell with this code and with git revision REV's
+(checked out in a temporary worktree), one after the other in the same run: speed-ups as ratios taken side by
+side. It rewrites only the "Before and after" section of those cells.
+
 Results: ``benchmarks/results/aggregators.md``.
 """
 
@@ -15,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +56,59 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
 
 
+# byzlab rule -> ByzFL class and its constructor arguments given f (ByzFL 0.0.11, byzfl.aggregators)
+BYZFL_RULES = {
+    "fedavg": ("Average", lambda f: {}),
+    "median": ("Median", lambda f: {}),
+    "trimmed_mean": ("TrMean", lambda f: {"f": f}),
+    "krum": ("Krum", lambda f: {"f": f}),
+    "multi_krum": ("MultiKrum", lambda f: {"f": f}),
+    "geomed": ("GeometricMedian", lambda f: {}),
+}
+BYZFL_CELLS = ((50, 1_000_000, 1), (100, 1_000_000, 2))  # (n, d, torch threads)
+BYZFL_HEADING = "## Side by side with ByzFL"
+BEFORE_HEADING = "## Before and after (issue 13)"
+
+
+def _inputs(n: int, d: int):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    updates = 0.01 * torch.randn(n, d, generator=g) + 0.05 * torch.randn(d, generator=g)
+    byzantine = max(1, n // 5)
+    updates[:byzantine] *= -10
+    return g, updates, byzantine
+
+
+def measure_byzfl(rule: str, n: int, d: int, threads: int) -> dict[str, float]:
+    """Seconds of byzlab's ``rule`` and of ByzFL's torch and numpy backends on the same inputs in this process,
+    and the largest difference of ByzFL's outputs from byzlab's relative to byzlab's largest entry."""
+    import byzfl
+    import torch
+
+    from byzlab import aggregators
+    from byzlab.aggregators import RoundContext
+
+    torch.set_num_threads(threads)
+    _, updates, byzantine = _inputs(n, d)
+    ctx = RoundContext(num_samples=torch.ones(n), num_byzantine=byzantine)
+    rule_fn = aggregators.build(rule)
+    name, kwargs = BYZFL_RULES[rule]
+    theirs = getattr(byzfl, name)(**kwargs(byzantine))
+    result = {}
+    for label, call in (("byzlab", lambda: rule_fn(updates, ctx).update),
+                        ("byzfl_torch", lambda: theirs(updates)),
+                        ("byzfl_numpy", lambda: torch.from_numpy(theirs(updates.numpy())))):
+        started = time.perf_counter()
+        out = call()
+        result[label] = time.perf_counter() - started
+        if label == "byzlab":
+            ours = out
+        else:
+            result[label + "_diff"] = float((out.float() - ours).abs().max() / ours.abs().max())
+    return result
+
+
 def measure_one(rule: str, n: int, d: int) -> dict[str, float]:
     """Run one aggregation in this process and report seconds and peak-memory growth."""
     import torch
@@ -52,10 +117,7 @@ def measure_one(rule: str, n: int, d: int) -> dict[str, float]:
     from byzlab.aggregators import RoundContext
 
     torch.set_num_threads(2)
-    g = torch.Generator().manual_seed(0)
-    updates = 0.01 * torch.randn(n, d, generator=g) + 0.05 * torch.randn(d, generator=g)
-    byzantine = max(1, n // 5)
-    updates[:byzantine] *= -10
+    g, updates, byzantine = _inputs(n, d)
     features = (d - CLASSES) // CLASSES
 
     def model_fn(flat, x):  # a linear model whose parameter vector has exactly d entries
@@ -84,11 +146,25 @@ def main() -> None:
     parser.add_argument("--memory-gib", type=float, default=20, help="skip inputs that leave less than 3x room")
     parser.add_argument("--rules", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--one", nargs=3, metavar=("RULE", "N", "D"), help=argparse.SUPPRESS)
+    parser.add_argument("--byzfl", action="store_true", help="byzlab beside ByzFL on the rules both have")
+    parser.add_argument("--byzfl-one", nargs=4, metavar=("RULE", "N", "D", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--before", metavar="REV", help="measure --cells of --rules with this and REV's code")
+    parser.add_argument("--cells", default="100:1e6", help="with --before: comma-separated n:d")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.one:
         rule, n, d = args.one
         print(json.dumps(measure_one(rule, int(n), int(d))))
+        return
+    if args.byzfl_one:
+        rule, n, d, threads = args.byzfl_one
+        print(json.dumps(measure_byzfl(rule, int(n), int(d), int(threads))))
+        return
+    if args.byzfl:
+        compare_with_byzfl(args)
+        return
+    if args.before:
+        compare_with_before(args)
         return
 
     from byzlab import aggregators
@@ -139,9 +215,109 @@ def main() -> None:
                 print(rule, n, d, cells[-1], flush=True)
         rows[rule] = f"| {rule} | " + " | ".join(cells) + " |"
     lines += [rows[rule] for rule in sorted(rows)]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    _write_section(args.output, "\n".join(lines), None)
+
+
+def _write_section(path: Path, text: str, heading: str | None) -> None:
+    """Replace one part of the results file: the main table (``heading`` None) or the section that starts
+    with the line ``heading``; the other parts stay as they were."""
+    old = path.read_text() if path.is_file() else ""
+    parts = re.split(r"(?m)^(?=## )", old)
+    main, sections = parts[0], {part.splitlines()[0]: part for part in parts[1:]}
+    if heading is None:
+        main = text
+    else:
+        sections[heading] = text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(part.rstrip("\n") + "\n" for part in (main, *sections.values())))
+    print(text)
+
+
+def _measure_cell(args: argparse.Namespace, flag: str, values: list[str], env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, flag, *values], capture_output=True, text=True,
+                         timeout=args.timeout, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare_with_before(args: argparse.Namespace) -> None:
+    """Each cell measured with this tree's code and with ``args.before``'s (a git revision, checked out in a
+    temporary worktree and imported from there), one after the other in this run."""
+    repo = Path(__file__).resolve().parents[1]
+    cells = [tuple(int(float(v)) for v in cell.split(":")) for cell in args.cells.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, package = Path(tmp) / "tree", Path(tmp) / "package"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), args.before],
+                       check=True, capture_output=True)
+        try:
+            package.mkdir()
+            (package / "byzlab").symlink_to(tree)
+            before_env = {**os.environ, "PYTHONPATH": str(package)}
+            revision = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", args.before],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+            heading = f"{BEFORE_HEADING}: " + ", ".join(f"n={n}, d={d:.3g}" for n, d in cells)
+            lines = [
+                heading, "",
+                f"`python benchmarks/aggregators.py --before {args.before} --rules {args.rules} --cells {args.cells}`, "
+                f"{time.strftime('%Y-%m-%d')}: every cell measured with this code (after) and with {revision}'s "
+                "(before, from a git worktree), one after the other in one run, as in the table above. Each "
+                "cell: seconds after / before (speed-up), peak memory growth after / before in multiples of the "
+                "input.", "",
+                "| rule | " + " | ".join(f"n={n}, d={d:.3g}" for n, d in cells) + " |",
+                "| --- | " + " | ".join("---" for _ in cells) + " |",
+            ]
+            for rule in args.rules.split(","):
+                row = []
+                for n, d in cells:
+                    try:
+                        after = _measure_cell(args, "--one", [rule, str(n), str(d)])
+                        before = _measure_cell(args, "--one", [rule, str(n), str(d)], before_env)
+                        row.append(f"{after['seconds']:.2f} / {before['seconds']:.2f} s "
+                                   f"({before['seconds'] / after['seconds']:.1f}x), "
+                                   f"{after['peak_over_input']:.1f}x / {before['peak_over_input']:.1f}x")
+                    except subprocess.TimeoutExpired:
+                        row.append(f"timeout (over {args.timeout:g} s)")
+                    print(rule, n, d, row[-1], flush=True)
+                lines.append(f"| {rule} | " + " | ".join(row) + " |")
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
+    _write_section(args.output, "\n".join(lines), heading)
+
+
+def compare_with_byzfl(args: argparse.Namespace) -> None:
+    import byzfl  # noqa: F401  (fail before measuring anything when ByzFL is missing)
+
+    rules = [r for r in (args.rules.split(",") if args.rules else BYZFL_RULES) if r in BYZFL_RULES]
+    lines = [
+        BYZFL_HEADING, "",
+        f"`python benchmarks/aggregators.py --byzfl`, {time.strftime('%Y-%m-%d')}, ByzFL {_byzfl_version()}. Each "
+        "cell: seconds of byzlab / ByzFL torch / ByzFL numpy, one process per cell, the same inputs as above; then "
+        "the largest difference of ByzFL's outputs from byzlab's, relative to byzlab's largest entry (torch, "
+        "numpy). ByzFL's geometric median runs a fixed number of smoothed Weiszfeld steps, byzlab's to a "
+        "tolerance, so those two differ by design.", "",
+        "| rule | " + " | ".join(f"n={n}, d={d:.0e}, {t} thread{'s' * (t > 1)}" for n, d, t in BYZFL_CELLS) + " |",
+        "| --- | " + " | ".join("---" for _ in BYZFL_CELLS) + " |",
+    ]
+    for rule in rules:
+        cells = []
+        for n, d, threads in BYZFL_CELLS:
+            out = subprocess.run([sys.executable, __file__, "--byzfl-one", rule, str(n), str(d), str(threads)],
+                                 capture_output=True, text=True, timeout=args.timeout, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            cells.append(f"{r['byzlab']:.3f} / {r['byzfl_torch']:.3f} / {r['byzfl_numpy']:.3f} s "
+                         f"({r['byzlab'] / min(r['byzfl_torch'], r['byzfl_numpy']):.2f}x the faster ByzFL; "
+                         f"diff {r['byzfl_torch_diff']:.0e}, {r['byzfl_numpy_diff']:.0e})")
+            print(rule, n, d, threads, cells[-1], flush=True)
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    _write_section(args.output, "\n".join(lines), BYZFL_HEADING)
+
+
+def _byzfl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("byzfl")
+    except PackageNotFoundError:
+        return "(version unknown)"
 
 
 if __name__ == "__main__":

@@ -115,6 +115,29 @@ def test_top_k_mask_keeps_exactly_k_largest_magnitudes_per_row():
     assert lasa.top_k_mask(torch.ones(2, 10), 7).sum(dim=1).tolist() == [7, 7]
 
 
+@pytest.mark.parametrize("case", range(12))
+def test_top_k_mask_by_selection_is_the_mask_of_torch_topk(case):
+    """Issue 13: thresholds by selection give torch.topk's mask bit for bit; rows with magnitudes tied at the
+    threshold (values on a coarse grid, all equal) go through torch.topk on that row."""
+    g = torch.Generator().manual_seed(case)
+    n, size = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(2, 300, (1,), generator=g))
+    values = torch.randn(n, size, generator=g)
+    if case % 3 == 0:
+        values = values.round()
+    if case % 4 == 0:
+        values[0] = 1.0
+    k = int(torch.randint(1, size + 1, (1,), generator=g))
+    if k >= size:
+        expected = torch.ones(n, size, dtype=torch.bool)
+    elif k <= size - k:
+        idx = torch.topk(values.abs(), k, dim=1, sorted=False).indices
+        expected = torch.zeros(n, size, dtype=torch.bool).scatter_(1, idx, True)
+    else:
+        idx = torch.topk(values.abs(), size - k, dim=1, largest=False, sorted=False).indices
+        expected = torch.ones(n, size, dtype=torch.bool).scatter_(1, idx, False)
+    assert torch.equal(lasa.top_k_mask(values, k), expected)
+
+
 def test_top_k_runs_over_all_weight_tensors_jointly_and_1d_stays_dense():
     # One client: its norm is the median (clip factor 1) and every std is 0 (kept everywhere), so the
     # aggregate is its sparsified update. Weight coordinates D = 6 + 3 = 9, sparsity 0.3 -> k = ceil(6.3) = 7:

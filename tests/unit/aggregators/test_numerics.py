@@ -34,6 +34,33 @@ def test_medians_of_odd_and_even_counts():
     assert numerics.median_last(torch.tensor([[5.0, 1.0, 3.0, 2.0]])).tolist() == [2.5]  # sorts first
 
 
+@pytest.mark.parametrize("case", range(24))
+def test_selected_medians_are_bitwise_the_sorted_medians(case, monkeypatch):
+    """Issue 13: medians by selection (numpy's introselect, blocks of rows on threads) equal, bit for bit, the
+    definition on sorted values, for odd and even counts, ties, float64, infinities and several blocks."""
+    monkeypatch.setattr(numerics, "SELECTION_ROWS", 7)  # several blocks, and a short last one
+    g = torch.Generator().manual_seed(case)
+    n, d = int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
+    rows = torch.randn(n, d, generator=g, dtype=(torch.float32, torch.float64)[case % 2])
+    if case % 3 == 0:
+        rows = rows.round()  # ties
+    if case % 4 == 1:
+        rows[0, ::3] = float("inf")
+        rows[-1, ::5] = -float("inf")
+    expected = numerics.sorted_median(torch.sort(rows, dim=0).values, dim=0)
+    original = rows.clone()
+    assert torch.equal(numerics.coordinate_median(rows), expected)
+    assert torch.equal(numerics.median_last(rows.T), expected)
+    assert torch.equal(numerics.median_last(rows.T.contiguous().reshape(d, 1, n)), expected.reshape(d, 1))
+    assert torch.equal(rows, original)  # selected in a copy
+
+
+def test_selected_median_of_two_middle_values_near_the_largest_float_does_not_overflow():
+    big = torch.finfo(torch.float32).max
+    rows = torch.tensor([[big], [big], [0.0], [big * 0.5]])
+    assert numerics.coordinate_median(rows).item() == pytest.approx(big * 0.75, rel=1e-6)
+
+
 def test_trimmed_mean_drops_k_values_per_side():
     rows = torch.tensor([[1.0, 0.0], [100.0, 4.0], [2.0, 4.0], [3.0, 8.0], [-51.0, 4.0]])
     # column 0 sorted: -51, 1, 2, 3, 100 -> k = 1 keeps 1, 2, 3 -> 2; column 1: 0, 4, 4, 4, 8 -> 4
@@ -73,6 +100,16 @@ def test_pairwise_distances_squared_euclidean_and_l1():
     assert squared.dtype == torch.float64 and torch.equal(l1, l1.T)
     chunked = numerics.pairwise_distances(torch.randn(6, 50, generator=torch.Generator().manual_seed(0)), 2, chunk=7)
     assert torch.equal(chunked, chunked.T) and torch.all(chunked.diagonal() == 0)
+
+
+@pytest.mark.parametrize("block", [1, 3, 4096])
+def test_l1_distances_over_column_blocks_agree_with_cdist_and_are_exactly_symmetric(block, monkeypatch):
+    monkeypatch.setattr(numerics, "L1_BLOCK_COLUMNS", block)
+    rows = torch.randn(9, 257, generator=torch.Generator().manual_seed(block))
+    dist = numerics.pairwise_distances(rows, 1)
+    torch.testing.assert_close(dist, torch.cdist(rows.double(), rows.double(), p=1.0).float(), rtol=1e-6, atol=0)
+    assert torch.equal(dist, dist.T) and dist.diagonal().eq(0).all()
+    assert dist[0, 1].item() == pytest.approx((rows[0].double() - rows[1].double()).abs().sum().item(), rel=1e-6)
 
 
 def test_pairwise_distances_of_a_huge_row_are_infinite_not_nan_and_leave_the_others_exact():

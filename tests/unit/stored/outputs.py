@@ -1,0 +1,113 @@
+"""Stored outputs of every aggregation rule, pre-aggregator and model attack (issue 13: a speed-up changes no
+number). Each case is a seeded input; its output is recorded as a SHA-256 of the exact bytes of every tensor
+(and the repr of every diagnostic), so the check is bit for bit.
+
+The cases cover the code paths speed-ups touch: small and tall matrices, ties (values on a coarse grid), a
+width past the 65,536-column chunks several rules work in, hostile rows (far outliers), and a layer layout.
+
+Re-record only for a change that is meant to change numbers, and say so in the commit:
+``python tests/unit/stored/outputs.py --record``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+STORED = Path(__file__).parent / "outputs.json"
+CLASSES = 10
+PRE_AGGREGATOR_PARAMS = {"clipping": {"threshold": 0.5}}  # parameters a pre-aggregator has no default for
+SHAPES = {"small": (10, 50), "grid": (25, 1_000), "tall": (60, 300), "wide": (16, 70_000)}
+
+
+def _digest(value: object) -> str:
+    """The bytes of a tensor (with dtype and shape; signed zeros as 0.0), or the repr of anything else, hashed."""
+    if isinstance(value, torch.Tensor):
+        array = value.detach().cpu().contiguous()
+        if array.is_floating_point():  # -0.0 + 0.0 = 0.0: sorting and selecting may order -0.0 and 0.0 either way
+            array = array + 0.0
+        head = f"{array.dtype}{tuple(array.shape)}".encode()
+        return hashlib.sha256(head + array.numpy().tobytes()).hexdigest()[:20]
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:20]
+
+
+def _updates(shape: str, seed: int) -> torch.Tensor:
+    n, d = SHAPES[shape]
+    g = torch.Generator().manual_seed(seed)
+    updates = 0.01 * torch.randn(n, d, generator=g) + 0.05 * torch.randn(d, generator=g)
+    updates[: max(1, n // 5)] *= -10  # hostile rows: far on the other side
+    if shape == "grid":
+        updates = (updates * 100).round() / 100  # many ties in every coordinate
+    return updates
+
+
+def _context(updates: torch.Tensor, seed: int):
+    from byzlab.aggregators import RoundContext
+    from byzlab.orchestrator.core.layout import Layer
+
+    n, d = updates.shape
+    g = torch.Generator().manual_seed(seed + 1)
+    features = (d - CLASSES) // CLASSES
+
+    def model_fn(flat, x):  # a linear model whose parameter vector has exactly d entries
+        weight = flat[: features * CLASSES].view(features, CLASSES)
+        return x @ weight + flat[features * CLASSES : features * CLASSES + CLASSES]
+
+    split = features * CLASSES
+    layers = (Layer("w", (features, CLASSES), 0, "weight"), Layer("b", (d - split,), split, "bias"))
+    return RoundContext(
+        layers=layers, client_ids=torch.arange(n), num_samples=torch.randint(20, 200, (n,), generator=g).float(),
+        loss_gaps=torch.rand(n, generator=g), global_params=torch.zeros(d), num_byzantine=max(1, n // 5),
+        generator=torch.Generator().manual_seed(seed + 2), model_fn=model_fn,
+        proxy_data=(torch.randn(32, features, generator=g), torch.randint(0, CLASSES, (32,), generator=g)),
+        public_data=torch.randn(64, features, generator=g), round=1,
+    )
+
+
+def cases() -> Iterator[tuple[str, object]]:
+    """(case id, the output's digests) for every rule, pre-aggregator and model attack on every shape."""
+    from byzlab import aggregators, attacks
+    from byzlab.attacks.base import AttackContext
+
+    for seed, shape in enumerate(SHAPES):
+        updates = _updates(shape, seed)
+        for name in aggregators.names():
+            result = aggregators.build(name)(updates.clone(), _context(updates, seed))
+            digests = {"update": _digest(result.update), "weights": _digest(result.weights),
+                       "accepted": _digest(result.accepted),
+                       **{f"info.{key}": _digest(value) for key, value in sorted(result.info.items())}}
+            yield f"aggregator/{name}/{shape}", digests
+        for name in aggregators.pre_aggregator_names():
+            params = PRE_AGGREGATOR_PARAMS.get(name, {})
+            out = aggregators.build_pre_aggregator(name, **params)(updates.clone(), _context(updates, seed))
+            yield f"pre_aggregator/{name}/{shape}", {"updates": _digest(out.updates), "mixing": _digest(out.mixing)}
+        n, d = updates.shape
+        f = max(1, n // 4)
+        for name in attacks.names("model"):
+            ctx = AttackContext(round=1, num_clients=n, num_malicious=f, generator=torch.Generator().manual_seed(seed),
+                                global_params=torch.zeros(d), initial_params=torch.zeros(d))
+            crafted = attacks.build(name).craft(updates[:f].clone(), updates[f:].clone(), ctx)
+            yield f"attack/{name}/{shape}", {"crafted": _digest(crafted)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true", help="overwrite the stored digests")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    recorded = dict(cases())
+    if args.record:
+        STORED.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+        print(f"recorded {len(recorded)} cases in {STORED}")
+        return
+    stored = json.loads(STORED.read_text())
+    print("\n".join(case for case in recorded if recorded[case] != stored.get(case)) or "all equal")
+
+
+if __name__ == "__main__":
+    main()
