@@ -4,6 +4,7 @@ clients running a data attack poison their labels, minibatches, recipe or update
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import ray
@@ -97,6 +98,13 @@ class ClientWorker:
             "train_seconds": time.perf_counter() - started,
         }
         return updates, meta
+
+    def reset(self, *args: Any) -> None:
+        """Re-initialise this actor for another run from ``__init__``'s arguments (a sweep's next trial
+        borrows it, actors/pool.py): every attribute of the previous run is dropped first, so the actor is
+        what a new one built from ``args`` would be."""
+        self.__dict__.clear()
+        self.__init__(*args)  # type: ignore[misc]
 
 
 ClientActor = ray.remote(ClientWorker)

@@ -1,4 +1,16 @@
-"""What a run reserves on the Ray cluster: one bundle per client actor and one for the server."""
+"""What a run reserves on the Ray cluster: one bundle per client actor and one for the server
+(docs/architecture.md, "Placement and threads").
+
+An actor computes on as many torch threads as the whole CPUs it reserves, at least one. A kernel's
+floating-point rounding follows its thread count (a reduction split over two threads sums in another
+order), while the number of actors changes no number (every client trains from generators keyed by seed,
+round and client). So the default placement gets its parallelism from actors, not threads: two 1-CPU
+client actors train clients side by side, and the server, which works only while they wait for the next
+round (aggregation, evaluation), reserves no CPU of its own and computes on theirs, one torch thread per
+whole CPU the client actors reserve (:attr:`RunResources.server_threads`). Ray 2.60 schedules an
+actor that asks for no resources even when every CPU is taken, and inside a placement group; it refuses a
+placement-group bundle whose resources are all zero.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +45,16 @@ class RunResources:
     @property
     def total_cpus(self) -> float:
         return self.client_actors * self.client.num_cpus + self.server.num_cpus
+
+    @property
+    def server_threads(self) -> int:
+        """The server's torch threads. A server that reserves no CPU works only while the client actors wait
+        for the next round, so it computes on the CPUs they reserve: one thread per whole CPU of theirs
+        (two on the default placement), which the evaluation and the rule use. Like every thread count, it
+        follows from the config alone, so a config computes the same numbers on any machine."""
+        if self.server.num_cpus > 0:
+            return self.server.num_threads
+        return max(1, math.floor(self.client_actors * self.client.num_cpus))
 
     @property
     def total_gpus(self) -> float:

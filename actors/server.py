@@ -30,6 +30,31 @@ def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int
     return np.sort(rng.choice(num_clients, size=per_round, replace=False))
 
 
+def round_context(server: Any, round_index: int, client_ids: np.ndarray, num_samples: torch.Tensor,
+                  loss_gaps: np.ndarray, num_malicious: int) -> aggregators.RoundContext:
+    """Exactly the context fields the server's rule declares (``server.context_fields``), with the declared
+    Byzantine counts (the true ones when none is declared), never who is malicious. ``server``: a
+    ``ServerWorker``, or a loop holding the same fields (benchmarks/gpu.py's single-process one)."""
+    spec, device, threat = server.spec, server.device, server.spec.threat
+    provide = {
+        "layers": lambda: server.layout,
+        "client_ids": lambda: torch.from_numpy(client_ids).to(device),
+        "num_samples": lambda: num_samples,
+        "loss_gaps": lambda: torch.tensor(loss_gaps, dtype=torch.float32, device=device),
+        "global_params": lambda: server.global_params,
+        "num_byzantine": lambda: num_malicious if threat.declared_byzantine is None else threat.declared_byzantine,
+        "num_clients_total": lambda: spec.num_clients,
+        "num_byzantine_total": threat.population_byzantine,
+        "round": lambda: round_index,
+        "generator": lambda: torch_generator(spec.seed, Stream.AGGREGATION, round_index),
+        "model_fn": lambda: server.model_fn,
+        "proxy_data": lambda: server.proxy_data,
+        "public_data": lambda: server.public_data,
+    }
+    context = aggregators.RoundContext(**{name: provide[name]() for name in server.context_fields})
+    return context.restricted_to(server.context_fields)
+
+
 class ServerWorker:
     """Global model, server optimizer and aggregator of one run."""
 
@@ -137,27 +162,9 @@ class ServerWorker:
     def _aggregate(
         self, round_index: int, replies: RoundUpdates, num_malicious: int, finite: torch.Tensor
     ) -> aggregators.AggregationResult:
-        """The rule gets exactly the context fields it declares (``needs``), with the declared Byzantine
-        counts (the true ones when none is declared), never who is malicious."""
-        threat = self.spec.threat
-        provide = {
-            "layers": lambda: self.layout,
-            "client_ids": lambda: torch.from_numpy(replies.client_ids).to(self.device),
-            "num_samples": lambda: replies.num_samples,
-            "loss_gaps": lambda: torch.tensor(
-                replies.loss_before - replies.loss_after, dtype=torch.float32, device=self.device),
-            "global_params": lambda: self.global_params,
-            "num_byzantine": lambda: num_malicious if threat.declared_byzantine is None else threat.declared_byzantine,
-            "num_clients_total": lambda: self.spec.num_clients,
-            "num_byzantine_total": threat.population_byzantine,
-            "round": lambda: round_index,
-            "generator": lambda: torch_generator(self.spec.seed, Stream.AGGREGATION, round_index),
-            "model_fn": lambda: self.model_fn,
-            "proxy_data": lambda: self.proxy_data,
-            "public_data": lambda: self.public_data,
-        }
-        ctx = aggregators.RoundContext(**{name: provide[name]() for name in self.context_fields})
-        ctx = ctx.restricted_to(self.context_fields)
+        """The rule gets exactly the context fields it declares (``needs``): ``round_context``."""
+        ctx = round_context(self, round_index, replies.client_ids, replies.num_samples,
+                            replies.loss_before - replies.loss_after, num_malicious)
         result = self.aggregator(replies.updates, ctx, finite)
         if self.device.type == "cuda":  # agg_seconds measures the rule, not the launch of its kernels
             torch.cuda.synchronize(self.device)
@@ -207,6 +214,13 @@ class ServerWorker:
         # A checkpoint written before server optimizers holds FedAvgM's velocity at the top level.
         self.optimizer.load_state_dict(state["optimizer"] if "optimizer" in state else {"velocity": state["velocity"]})
         self.aggregator.load_state_dict(state["aggregator"])
+
+    def reset(self, *args: Any) -> None:
+        """Re-initialise this actor for another run from ``__init__``'s arguments (a sweep's next trial
+        borrows it, actors/pool.py): every attribute of the previous run is dropped first, so the actor is
+        what a new one built from ``args`` would be."""
+        self.__dict__.clear()
+        self.__init__(*args)  # type: ignore[misc]
 
 
 ServerActor = ray.remote(ServerWorker)

@@ -56,7 +56,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.stats import hypergeom
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
 from byzlab.aggregators.numerics import claimed_counts, lexicographic_order, pairwise_distances, weighted_rows
@@ -187,6 +186,8 @@ def estimate_malicious_count(
     candidates = np.arange(n)
     n_inf = int((~np.isfinite(s)).sum())
     finite = s[: n - n_inf]
+    from scipy.stats import hypergeom  # here, not at the top: scipy.stats takes ~1 s to import in every actor
+
     log_prior = hypergeom.logpmf(candidates, N, M, n) if N >= n else np.full(n, -np.inf)
     log_prior = np.where(np.isnan(log_prior), -np.inf, log_prior)
     benign = np.full(n, -np.inf)

@@ -27,7 +27,6 @@ from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
-from scipy.stats import norm
 
 from byzlab.attacks.base import AttackContext, AttackParams, ModelAttack
 from byzlab.attacks.registry import attack_class, build, register, validate_params
@@ -316,6 +315,8 @@ class LieAttack(ModelAttack[LieParams]):
             return 0.0
         s = math.floor(n / 2 + 1) - f
         s = min(max(s, 1), n - 1)
+        from scipy.stats import norm  # here, not at the top: scipy.stats takes ~1 s to import in every actor
+
         return float(norm.ppf((n - s) / n))
 
     def z_for(self, ctx: AttackContext) -> float:

@@ -1,7 +1,8 @@
 """What a trial reserves on the cluster, and whether the cluster can ever give it.
 
 A trial is a placement group: an empty head bundle for the trainable (it only drives the round loop), one
-bundle per client actor and one for the server actor, each with the config's CPUs and (fractional) GPUs.
+bundle per client actor and one for the server actor (none when it reserves no CPU and no GPU), each with
+the config's CPUs and (fractional) GPUs.
 Ray's placement-group capture puts the trial's actors into its own bundles, so concurrent trials never
 take each other's CPUs or GPUs. A trial that no cluster node or the whole cluster can hold would wait
 forever; it is reported before anything runs.
@@ -43,9 +44,11 @@ class ClusterShape:
 
 
 def trial_bundles(resources: RunResources) -> list[dict[str, float]]:
+    """The empty head bundle, one per client actor, and the server's unless it reserves nothing (Ray
+    refuses a bundle whose resources are all zero; an actor that asks for none runs in the group anyway)."""
     client = {"CPU": resources.client.num_cpus, "GPU": resources.client.num_gpus}
     server = {"CPU": resources.server.num_cpus, "GPU": resources.server.num_gpus}
-    return [{}] + [client] * resources.client_actors + [server]
+    return [{}] + [client] * resources.client_actors + ([server] if any(server.values()) else [])
 
 
 def trial_resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:

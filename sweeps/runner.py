@@ -20,6 +20,7 @@ import shlex
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,31 +242,37 @@ def _trainable() -> Any:
     return tune.with_resources(run_trial, trial_resources)
 
 
-def _new_tuner(plan_: SweepPlan, state: dict[str, Any], max_concurrent: int | None) -> tune.Tuner:
+def _new_tuner(plan_: SweepPlan, state: dict[str, Any], max_concurrent: int | None,
+               callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
+    """Tune reuses a finished trial's trainable (and so its actors, sweeps/trainable.py) for the next trial
+    that asks for the same placement group, unless the sweep file sets ``reuse_workers: false``."""
+    spec = plan_.sweep.spec
     return tune.Tuner(
         _trainable(),
         param_space={
             "trial": tune.grid_search(plan_.trial_configs()),
-            "sweep": {"name": plan_.sweep.spec.name, "id": state["sweep_id"], "parent_run_id": state["parent_run_id"]},
+            "sweep": {"name": spec.name, "id": state["sweep_id"], "parent_run_id": state["parent_run_id"],
+                      "reuse_workers": spec.reuse_workers},
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname,
-            trial_name_creator=_trial_dirname,
+            trial_name_creator=_trial_dirname, reuse_actors=spec.reuse_workers,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
             storage_path=str(plan_.directory),
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[LiveTable()],
+            callbacks=[LiveTable(), *callbacks],
             verbose=0,
         ),
     )
 
 
 def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | None = None,
-           force: bool = False) -> SweepOutcome:
-    """Check everything, create the sweep directory and parent run, run all trials, write the report."""
+           force: bool = False, callbacks: Sequence[tune.Callback] = ()) -> SweepOutcome:
+    """Check everything, create the sweep directory and parent run, run all trials, write the report.
+    ``callbacks``: Tune callbacks besides the live table (benchmarks/sweep_overhead.py times trials so)."""
     directory = sweep_directory(sweep)
     if (directory / STATE_FILE).is_file() and not force:
         status = read_state(directory).get("status")
@@ -287,7 +294,7 @@ def launch(sweep: Sweep, *, address: str | None = None, max_concurrent: int | No
         parent_run_id=None, tracking_uri=None, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     state = _start_tracking(plan_, state)
-    return _run(plan_, _new_tuner(plan_, state, max_concurrent), state["parent_run_id"])
+    return _run(plan_, _new_tuner(plan_, state, max_concurrent, callbacks), state["parent_run_id"])
 
 
 def _start_tracking(plan_: SweepPlan, state: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ attacks:                              # attack -> its parameter grid, the same w
 seeds: [0, 1]                         # replicates (run.seed)
 exclude:                              # partial assignments; trials matching one of them are dropped
   - {server.aggregator: krum, threat.fraction: 0.4}
+reuse_workers: true                   # a trial borrows the Ray actors of the trial before it on its slot
 ```
 
 A list in a parameter grid means "sweep these values"; a parameter whose value is itself a list is written
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from byzlab.orchestrator.config import (
@@ -62,6 +62,8 @@ class SweepSpec(BaseModel):
     attacks: dict[str, dict[str, Any]] | None = Field(None, description="attack -> parameter grid")
     seeds: list[int] | None = Field(None, min_length=1, description="run.seed values")
     exclude: list[dict[str, Any]] = Field(default_factory=list, description="partial assignments to drop")
+    reuse_workers: bool = Field(True, description="a trial borrows the trainable process and the client and server "
+                                "actors of the trial before it on its slot (false: three new processes per trial)")
 
     @field_validator("grid")
     @classmethod

@@ -6,6 +6,10 @@ trainable continues from whichever is further along: the run directory (always w
 so it is newer when the driver died before Tune recorded the checkpoint) or ``tune.get_checkpoint()``
 (the only copy when the trial restarts on a node without the run directory). A trial whose run directory
 is finished reports its stored result and returns without rerunning anything.
+
+Tune reuses the trainable's process for the next trial that asks for the same placement group
+(``reuse_actors``), and the trial borrows the client and server actors the previous trial left in
+``_WORKERS`` (actors/pool.py): a trial after the first on a slot starts no process and ships no dataset.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from typing import Any
 from pyarrow.fs import FileType
 from ray import tune
 
+from byzlab.actors.pool import WorkerPool
 from byzlab.orchestrator.config import build_config, run_id
 from byzlab.orchestrator.run.experiment import execute, is_checkpoint_round, prepare, prepare_resume
 from byzlab.orchestrator.run.storage import RunDirectory
 from byzlab.orchestrator.run.tracking import ParentRun
 
 CHECKPOINT_RUN_DIR = "run"  # the run directory's copy inside a Tune checkpoint
+# This process's client and server actors, in its trial's placement group; each trial borrows them in turn.
+_WORKERS = WorkerPool()
 
 
 def _checkpointed_round(run_dir: RunDirectory) -> int:
@@ -66,7 +73,8 @@ def _report(metrics: dict[str, Any], run_dir: RunDirectory | None = None) -> Non
 
 def run_trial(config: dict[str, Any]) -> None:
     """``config``: {"trial": {"config": resolved experiment config, "labels": ...},
-    "sweep": {"name": ..., "id": ..., "parent_run_id": ... or None}} (see ``sweeps.runner``).
+    "sweep": {"name": ..., "id": ..., "parent_run_id": ... or None, "reuse_workers": ...}} (see
+    ``sweeps.runner``; a sweep's Tune state from before worker reuse has no "reuse_workers": it reuses).
 
     The last round is reported after the run finished, with the summary the run computed and a copy of
     the finished run directory as checkpoint."""
@@ -83,7 +91,8 @@ def run_trial(config: dict[str, Any]) -> None:
         else:
             _report(metrics, run_dir if is_checkpoint_round(cfg, round_index) else None)
 
-    result = execute(prepared, on_round=on_round, parent=_parent_run(config["sweep"]))
+    workers = _WORKERS if config["sweep"].get("reuse_workers", True) else None  # a key since worker reuse
+    result = execute(prepared, on_round=on_round, parent=_parent_run(config["sweep"]), workers=workers)
     _report({**last_round, **result.summary}, run_dir)
 
 

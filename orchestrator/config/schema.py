@@ -403,10 +403,16 @@ class RunConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when the actor has a GPU")
     eval_every: int = Field(1, ge=1, description="evaluate the global model every k rounds (and the last)")
     checkpoint_every: int = Field(5, ge=1, description="save full state every k rounds (and the last)")
-    client_actors: int = Field(1, ge=1, description="Ray actors hosting the virtual clients")
-    client_actor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per client actor")
+    # The default placement keeps both CPUs it reserves training, without changing a number: two 1-CPU client
+    # actors train clients side by side on one torch thread each (a kernel's rounding depends on its thread
+    # count, never on the number of actors), and the server, which works while they wait, reserves no CPU
+    # (docs/architecture.md, "Placement and threads").
+    client_actors: int = Field(2, ge=1, description="Ray actors hosting the virtual clients "
+                               "(default 2, or clients.num_clients when fewer)")
+    client_actor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per client actor; also its torch threads")
     client_actor_gpus: float | None = Field(None, ge=0, description="GPUs per client actor (default: see README)")
-    server_cpus: float = Field(1.0, gt=0, description="CPUs reserved for the server actor")
+    server_cpus: float = Field(0.0, ge=0, description="CPUs reserved for the server actor; also its torch threads "
+                               "(0: none of its own; it works while the client actors wait, on their CPUs)")
     server_gpus: float | None = Field(None, ge=0, description="GPUs for the server actor (default: see README)")
     output_dir: str = Field("byzlab-results", description="where run directories and the MLflow store go")
     actor_restarts: int = Field(2, ge=0, description="times a run restarts its actors from the last checkpoint "
@@ -445,6 +451,8 @@ class ExperimentConfig(_Section):
             raise ValueError(f"model: {err}") from None
         self._check_threat_setting()
         self._check_aggregator_setting()
+        if "client_actors" not in self.run.model_fields_set:  # the default never asks for more actors than clients
+            self.run.client_actors = min(self.run.client_actors, self.clients.num_clients)
         if self.run.client_actors > self.clients.num_clients:
             raise ValueError(
                 f"run.client_actors ({self.run.client_actors}) must be at most clients.num_clients "

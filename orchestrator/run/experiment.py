@@ -30,9 +30,8 @@ import pyarrow as pa
 import ray
 from ray.exceptions import AuthenticationError, RayActorError
 
-from byzlab.actors.client import ClientActor
+from byzlab.actors.pool import WorkerPool
 from byzlab.actors.resources import RunResources, check_fits, check_fits_this_machine, plan_resources
-from byzlab.actors.server import ServerActor
 from byzlab.orchestrator.config import ExperimentConfig, build_config, run_id
 from byzlab.orchestrator.config.plugins import loaded_plugin_modules, plugin_modules
 from byzlab.orchestrator.core import interrupts
@@ -344,25 +343,6 @@ def _open(prepared: Prepared, parent: ParentRun | None) -> ActiveRun:
     return run
 
 
-def _launch_actors(inputs: RunInputs, num_actors: int, resources: RunResources) -> tuple[Any, list[Any]]:
-    dataset = inputs.dataset
-    actor_of_client = np.arange(len(inputs.parts)) % num_actors
-    train_x, train_y = ray.put(dataset.train_x), ray.put(dataset.train_y)
-    client_spec = ray.put(inputs.client)
-    clients = [
-        ClientActor.options(num_cpus=resources.client.num_cpus, num_gpus=resources.client.num_gpus).remote(
-            client_spec, train_x, train_y, {c: inputs.parts[c] for c in np.flatnonzero(actor_of_client == a)},
-            resources.client.num_threads,
-        )
-        for a in range(num_actors)
-    ]
-    server = ServerActor.options(num_cpus=resources.server.num_cpus, num_gpus=resources.server.num_gpus).remote(
-        inputs.server, clients, actor_of_client, ray.put(dataset.test_x), ray.put(dataset.test_y),
-        inputs.server_data, resources.server.num_threads,
-    )
-    return server, clients
-
-
 def _loop(run: ActiveRun, server: Any, on_round: RoundCallback | None) -> str:
     """Rounds after the checkpoint to the last; returns the server's device."""
     cfg = run.prepared.cfg
@@ -415,10 +395,11 @@ def _reserve(cfg: ExperimentConfig) -> RunResources:
 
 
 def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, address: str | None = None,
-            parent: ParentRun | None = None) -> RunResult:
+            parent: ParentRun | None = None, workers: WorkerPool | None = None) -> RunResult:
     """Run (or continue) the prepared experiment to its last round; ``on_round`` is called after each
     round's rows (and, on checkpoint rounds, the checkpoint) are written. ``parent``: the sweep's MLflow
-    run, for a child run."""
+    run, for a child run. ``workers``: the pool whose actors the run borrows and leaves for the next run
+    (a sweep's trainable); None: actors of the run's own, killed when it ends."""
     if prepared.state == "finished":
         return _stored_result(prepared.run_dir)
     ensure_ray(address, plugins=plugin_modules(prepared.cfg))
@@ -427,8 +408,10 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
         prepared = _as_on_disk(prepared)
         if prepared.state == "finished":
             return _stored_result(prepared.run_dir)
-        run = _open(prepared, parent)
-        device = _rounds_surviving_actor_deaths(run, resources, on_round)
+        with WorkerPool.for_run(workers) as pool:
+            pool.lend(prepared.inputs, resources)  # new actors start their processes while the run opens
+            run = _open(prepared, parent)
+            device = _rounds_surviving_actor_deaths(run, resources, on_round, pool)
         try:
             return _finish(run, device)
         except BaseException as err:  # a Ctrl-C while finishing: resumable, MLflow not left RUNNING
@@ -436,15 +419,18 @@ def execute(prepared: Prepared, *, on_round: RoundCallback | None = None, addres
             raise
 
 
-def _rounds_surviving_actor_deaths(run: ActiveRun, resources: RunResources, on_round: RoundCallback | None) -> str:
+def _rounds_surviving_actor_deaths(run: ActiveRun, resources: RunResources, on_round: RoundCallback | None,
+                                   workers: WorkerPool) -> str:
     """The rounds, on fresh actors from the last checkpoint whenever an actor dies (a worker killed, a node
-    lost), up to ``run.actor_restarts`` times; past that the run stops, resumable. Returns the device."""
+    lost), up to ``run.actor_restarts`` times; past that the run stops, resumable. Returns the device.
+    The actors are borrowed from ``workers``; they stay there unless the run did not end normally."""
     cfg = run.prepared.cfg
     for restarts in itertools.count():
-        server, clients = _launch_actors(run.prepared.inputs, cfg.run.client_actors, resources)
         try:
+            server, _ = workers.borrow(run.prepared.inputs, resources)
             return _loop(run, server, on_round)
         except RayActorError as err:
+            workers.discard()
             if restarts == cfg.run.actor_restarts:
                 _interrupt(run, err)
                 raise RunAbortedError(
@@ -452,11 +438,9 @@ def _rounds_surviving_actor_deaths(run: ActiveRun, resources: RunResources, on_r
                     f"continue with: byzlab run --resume {run.prepared.run_dir.path}") from None
             run.restart_from_checkpoint()
         except BaseException as err:
+            workers.discard()
             _interrupt(run, err)
             raise
-        finally:
-            for actor in [server, *clients]:
-                ray.kill(actor)
     raise AssertionError("unreachable")
 
 

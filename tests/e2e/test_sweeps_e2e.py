@@ -36,8 +36,8 @@ def write_grid(path: Path, output_dir: Path, **run) -> Path:
         "description": "2 x 2 test grid",
         "base": {
             "threat": {"attack": "sign_flip", "attack_params": {"scale": 4}, "fraction": 0.2},
-            "run": {"rounds": ROUNDS, "checkpoint_every": CHECKPOINT_EVERY, "client_actor_cpus": 0.5,
-                    "server_cpus": 0.5, "output_dir": str(output_dir), **run},
+            "run": {"rounds": ROUNDS, "checkpoint_every": CHECKPOINT_EVERY, "client_actors": 1,
+                    "client_actor_cpus": 0.5, "server_cpus": 0.5, "output_dir": str(output_dir), **run},
         },
         "grid": {"partition.beta": [0.3, 0.5]},
         "defenses": {"fedavg": {}, "median": {}},
@@ -75,6 +75,15 @@ def mlflow_runs(output_dir: Path):
     return client, parents, children
 
 
+def trial_processes(sweep_dir: Path) -> dict[str, tuple[int, float]]:
+    """Each trial's trainable process and the time of its first result (Tune's result.json), by run id."""
+    firsts = {
+        trial.name: json.loads((trial / "result.json").read_text().splitlines()[0])
+        for trial in (sweep_dir / "tune").iterdir() if (trial / "result.json").is_file()
+    }
+    return {run_id: (first["pid"], first["timestamp"]) for run_id, first in firsts.items()}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The 2 x 2 grid run straight through, in this process, on the session's cluster."""
@@ -91,6 +100,9 @@ def test_grid_runs_four_trials_with_child_runs_and_a_report(uninterrupted):
     assert f"table: {sweep_dir / 'report' / 'table.md'}" in stdout
     dirs = run_dirs(sweep_dir)
     assert len(dirs) == 4 and all(state(d)["status"] == "finished" for d in dirs.values())
+    # Two trials at a time: the third and fourth ran in the first two's trainable processes, on their
+    # client and server actors (sweeps/trainable.py).
+    assert len({pid for pid, _ in trial_processes(sweep_dir).values()}) == 2
 
     client, parents, children = mlflow_runs(output_dir)
     assert len(parents) == 1 and len(children) == 4
@@ -123,6 +135,20 @@ def test_grid_runs_four_trials_with_child_runs_and_a_report(uninterrupted):
     }
     for beta in ("0.3", "0.5"):
         assert accuracy[("fedavg", beta)] < 0.2 and accuracy[("median", beta)] > accuracy[("fedavg", beta)] + 0.4
+
+
+@pytest.mark.slow  # 7 s: a single run on new actors; that trials borrow workers is checked by the grid test
+def test_a_trial_on_borrowed_workers_computes_what_byzlab_run_of_its_config_does(uninterrupted, tmp_path):
+    """The last trial to start ran on the trainable and actors of a trial before it (two at a time)."""
+    sweep_dir = uninterrupted[0] / "sweeps" / "grid"
+    processes = trial_processes(sweep_dir)
+    borrowed = max(processes, key=lambda run_id: processes[run_id][1])  # the last to start
+    raw = yaml.safe_load((run_dirs(sweep_dir)[borrowed] / "config.yaml").read_text())
+    raw["run"]["output_dir"], raw["tracking"]["enabled"] = str(tmp_path), False
+    (tmp_path / "trial.yaml").write_text(yaml.safe_dump(raw))
+    single = runner.invoke(cli.app, ["run", str(tmp_path / "trial.yaml")])
+    assert single.exit_code == 0, single.output
+    assert computed_metrics(tmp_path / borrowed) == computed_metrics(run_dirs(sweep_dir)[borrowed])
 
 
 def wait_for(condition, process, timeout):

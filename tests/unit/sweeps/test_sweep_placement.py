@@ -19,7 +19,9 @@ from byzlab.sweeps.trainable import CHECKPOINT_RUN_DIR, restore_run_dir
 
 
 def _cfg(**run):
-    return build_config({"run": run})
+    """A run config with the placement spelled out (one client actor, a 1-CPU server) unless ``run`` says
+    otherwise, so these bundles do not follow the defaults."""
+    return build_config({"run": {"client_actors": 1, "server_cpus": 1.0, **run}})
 
 
 def _nodes(*cpus_gpus: tuple[float, float]) -> list[dict[str, float]]:
@@ -38,6 +40,15 @@ def test_bundles_cpu_cluster():
         {"CPU": 0.5, "GPU": 0.0},
         {"CPU": 2.0, "GPU": 0.0},
     ]
+
+
+def test_a_server_that_reserves_nothing_has_no_bundle():
+    # Ray refuses an all-zero bundle; the server actor (0 CPUs, 0 GPUs) runs in the group without one.
+    resources = plan_resources(_cfg(client_actors=2, server_cpus=0).run, 0)
+    assert trial_bundles(resources) == [{}, {"CPU": 1.0, "GPU": 0.0}, {"CPU": 1.0, "GPU": 0.0}]
+    assert trial_resources({"trial": {"bundles": trial_bundles(resources)}}).required_resources == {"CPU": 2.0}
+    # with a GPU share it keeps its bundle (0 CPUs, a third of the GPU)
+    assert trial_bundles(plan_resources(_cfg(client_actors=2, server_cpus=0).run, 1.0))[-1] == {"CPU": 0.0, "GPU": 0.3333}
 
 
 def test_bundles_share_one_gpu_in_steps_of_1e4():
