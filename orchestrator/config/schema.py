@@ -547,9 +547,10 @@ def experiment_schema() -> type[ExperimentConfig]:
     return _EXTENDED[key]
 
 
-# Fields that say where results go or how the run is spread over the cluster; they do not change any
-# number the run produces (randomness is keyed by client and round, not by actor), so they are not part
-# of the run's identity.
+# Fields that say where results go or how the run is spread over the cluster, not what it computes, so
+# they are not part of the run's identity: the number of actors changes no number (randomness is keyed by
+# client and round, not by actor); the CPUs per actor set its torch threads, which can change the last bits
+# of a sum (docs/architecture.md, "Placement and threads"), and a run resumed on other CPUs is the same run.
 _EXECUTION_FIELDS = {
     "run": ("output_dir", "checkpoint_every", "client_actors", "client_actor_cpus", "client_actor_gpus",
             "server_cpus", "server_gpus", "actor_restarts"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from byzlab.actors.pool import WorkerPool
 from byzlab.orchestrator.core.errors import ConfigError
 from byzlab.orchestrator.config import build_config
 from byzlab.orchestrator.data.datasets import DEBIAN_FASHION_MNIST_DIR
@@ -62,10 +63,16 @@ def test_quickstart_fedavg_on_digits(tmp_path):
 
 
 def test_same_seed_same_numbers_other_seed_differs(tmp_path):
+    """The second and third runs borrow the first one's actors, as a sweep's trials do (and start faster)."""
     common = ["run.rounds=4", "tracking.enabled=false"]
-    first = run_experiment(_cfg(tmp_path / "a", *common))
-    second = run_experiment(_cfg(tmp_path / "b", *common))
-    other = run_experiment(_cfg(tmp_path / "c", *common, "run.seed=1"))
+    pool = WorkerPool()
+    try:
+        first, second, other = (
+            execute(prepare(_cfg(tmp_path / name, *common, *seed)), workers=pool)
+            for name, seed in (("a", []), ("b", []), ("c", ["run.seed=1"]))
+        )
+    finally:
+        pool.discard()
     assert _numbers(first.metrics) == _numbers(second.metrics)
     assert _numbers(first.metrics)["test_accuracy"] != _numbers(other.metrics)["test_accuracy"]
 
@@ -139,7 +146,7 @@ def test_fedadam_with_a_decaying_local_lr_resumes_bitwise(tmp_path):
 def test_problems_found_before_the_run_leave_no_directory(tmp_path):
     with pytest.raises(ConfigError, match="partition: .*min_samples"):
         prepare(_cfg(tmp_path, "partition.min_samples=500"))
-    too_big = prepare(_cfg(tmp_path, "run.client_actors=2"))  # 2 x 1 CPU + 1 CPU server > 2 CPUs
+    too_big = prepare(_cfg(tmp_path, "run.server_cpus=1"))  # 2 x 1 CPU + 1 CPU server > 2 CPUs
     with pytest.raises(ConfigError, match="needs 3 CPUs .* has 2 CPUs"):
         execute(too_big)
     assert not any(tmp_path.iterdir())
@@ -147,7 +154,7 @@ def test_problems_found_before_the_run_leave_no_directory(tmp_path):
 
 def test_two_client_actors_both_work_and_change_no_number(tmp_path):
     common = ["run.rounds=3", "tracking.enabled=false"]
-    one = run_experiment(_cfg(tmp_path / "one", *common))
+    one = run_experiment(_cfg(tmp_path / "one", *common, "run.client_actors=1"))
     two = run_experiment(_cfg(tmp_path / "two", *common, "run.client_actors=2", "run.client_actor_cpus=0.5"))
     columns = two.metrics.to_pydict()
     for actor in (0, 1):
