@@ -524,9 +524,24 @@ class TailoredTrMeanAttack(ModelAttack[TailoredTrMeanParams]):
 # ------------------------------------------------------------------------------------------------ ByzMean
 
 
+BYZMEAN_CODE_Z = 0.5
+"""The z of the first group's LIE vector in the LASA authors' code (``byzmean_attack(..., z=0.5)``)."""
+
+
 class ByzMeanParams(AttackParams):
     base: str = Field("lie", description="the model attack of the first group (Xu et al. / LASA App. 7.3: lie)")
     base_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the base attack")
+    variant: Literal["paper", "lasa_code"] = Field(
+        "paper", description="paper: LASA App. 7.3 as written; lasa_code: the LASA authors' released code, where "
+        "every attacker sends the second group's vector (see the attack's docstring)")
+
+    @field_validator("variant")
+    @classmethod
+    def _code_fixes_its_first_group(cls, value: str, info: ValidationInfo) -> str:
+        if value == "lasa_code" and (info.data.get("base", "lie") != "lie" or info.data.get("base_params")):
+            raise ValueError("variant 'lasa_code' fixes the first group to the authors' LIE vector (z = 0.5 over "
+                             "all n updates): leave base and base_params unset")
+        return value
 
     @field_validator("base")
     @classmethod
@@ -564,6 +579,21 @@ class ByzMeanAttack(ModelAttack[ByzMeanParams]):
     (n - f)·mean(reference), which is exact when omniscient (then reference is the n - f benign rows). Rows are
     ordered first group, then second. With f = 1 (m1 = 0) ḡ1 is the base attack's first row, which no one
     sends but the mean still equals.
+
+    ``variant: lasa_code`` is what the LASA authors' released code computes (JiiahaoXU/LASA,
+    ``algorithms/attack/lie.py``, ``byzmean_attack``), and so what LASA's published ByzMean numbers measure.
+    There g1 = mean - 0.5·std (Bessel-corrected) over all n updates of the round, attackers' own included, and
+    the second group's vector is
+
+        g2 = ((n - f - m1)·g1 - Σ_{all n} u_i) / m2.
+
+    Both groups' rows are written into one shared dictionary, so for f >= 2 **every** attacker sends g2, a
+    vector several times the benign mean in the opposite direction; with f = 1 the attacker sends g1. Here the
+    round's n updates are ``own`` followed by ``reference`` (attackers first, as in the authors' code): with
+    an omniscient attacker they are exactly the round's updates and the vector is the code's. An agnostic
+    attacker (``reference`` is ``own``) sees only its own f rows: its statistics are theirs, and the sum over
+    all n is n times their mean. With no attacker in the round the authors' code also overwrites the first
+    client's update with g1; byzlab leaves benign updates alone.
     """
 
     name = "byzmean"
@@ -580,11 +610,23 @@ class ByzMeanAttack(ModelAttack[ByzMeanParams]):
         n = ctx.num_clients
         m1 = f // 2
         m2 = f - m1
+        if self.params.variant == "lasa_code":
+            return _repeat(self._code_vector(own, reference, n, m1, m2), f)
         base_rows = self.base.craft(own, reference, ctx).to(device=own.device, dtype=own.dtype)
         g1 = base_rows[:m1].mean(dim=0) if m1 > 0 else base_rows[0]
         benign_sum = (n - f) * _reference(own, reference).mean(dim=0)
         second = ((n - m1) * g1 - benign_sum) / m2
         return torch.cat([base_rows[:m1], _repeat(second, m2)], dim=0)
+
+    @staticmethod
+    def _code_vector(own: torch.Tensor, reference: torch.Tensor, n: int, m1: int, m2: int) -> torch.Tensor:
+        """The vector every attacker sends in the LASA authors' code (``variant: lasa_code``)."""
+        seen = own if reference is own or reference.shape[0] == 0 else torch.cat([own, _reference(own, reference)])
+        g1 = seen.mean(dim=0) - BYZMEAN_CODE_Z * _std(seen)
+        if m1 == 0:
+            return g1
+        total = seen.sum(dim=0) if seen.shape[0] == n else n * seen.mean(dim=0)
+        return ((n - own.shape[0] - m1) * g1 - total) / m2
 
 
 # ---------------------------------------------------------------------------------------------------- IPM

@@ -558,11 +558,20 @@ _EXECUTION_FIELDS = {
 }
 
 
+# Parameters added after runs were stored, with the value that computes what those runs computed: at that
+# value they are left out of the identity, so the stored runs keep their ids (and resume).
+_ADDED_LATER = {("threat", "attack_params", "variant"): "paper"}
+
+
 def run_id(cfg: ExperimentConfig) -> str:
     """A short hash of the resolved configuration, seed included, execution placement excluded."""
     identity = cfg.to_dict()
     for section, fields in _EXECUTION_FIELDS.items():
         for name in fields:
             identity[section].pop(name, None)
+    for (section, params, name), earlier in _ADDED_LATER.items():
+        values = identity.get(section, {}).get(params)
+        if isinstance(values, dict) and values.get(name) == earlier:
+            del values[name]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return digest[:12]

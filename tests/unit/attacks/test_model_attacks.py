@@ -267,6 +267,39 @@ def test_byzmean_with_random_base_targets_first_group_mean():
     torch.testing.assert_close(torch.cat([benign, crafted]).mean(dim=0), noise[:2].mean(dim=0), rtol=1e-5, atol=1e-5)
 
 
+TOY_UPDATES = torch.tensor([[1.0, 2, 3], [3, 2, 1], [2, 2, 2], [0, 1, 0], [1, 0, 1]])  # the first f are malicious
+
+
+def test_byzmean_lasa_code_sends_the_second_groups_vector_from_every_attacker():
+    """The LASA authors' byzmean_attack on five toy updates, two of them malicious (m1 = m2 = 1): mean 1.4 and
+    Bessel-corrected std (1.140175, 0.894427, 1.140175) over all five give g1 = (0.829912, 0.952786,
+    0.829912); g2 = ((5 - 2 - 1)·g1 - Σ all) / 1 = 2·g1 - 7, sent by both attackers (one shared dictionary)."""
+    crafted = build("byzmean", variant="lasa_code").craft(TOY_UPDATES[:2], TOY_UPDATES[2:], ctx(5, 2))
+    expected = torch.tensor([-5.340176, -5.094427, -5.340176])
+    torch.testing.assert_close(crafted, torch.stack([expected, expected]), rtol=0, atol=2e-6)
+    written = build("byzmean", base_params={"z": 0.5}).craft(TOY_UPDATES[:2], TOY_UPDATES[2:], ctx(5, 2))
+    assert not torch.allclose(written, crafted)  # the definition: a mild LIE vector and its counterweight
+
+
+def test_byzmean_lasa_code_with_one_attacker_sends_g1():
+    crafted = build("byzmean", variant="lasa_code").craft(TOY_UPDATES[:1], TOY_UPDATES[1:], ctx(5, 1))
+    torch.testing.assert_close(crafted, torch.tensor([[0.829912, 0.952786, 0.829912]]), rtol=0, atol=2e-6)
+
+
+def test_byzmean_lasa_code_agnostic_uses_its_own_rows_for_all_n():
+    """Own rows 0, 2, 4 (d = 1): g1 = 2 - 0.5·2 = 1, Σ all n ≈ 10·2, so g2 = ((10 - 3 - 1)·1 - 20) / 2 = -7."""
+    own = torch.tensor([[0.0], [2.0], [4.0]])
+    crafted = build("byzmean", variant="lasa_code").craft(own, own, ctx(10, 3))
+    assert torch.equal(crafted, torch.full((3, 1), -7.0))
+
+
+def test_byzmean_lasa_code_refuses_another_first_group():
+    with pytest.raises(ValueError, match="variant 'lasa_code' fixes the first group"):
+        build("byzmean", variant="lasa_code", base="noise")
+    with pytest.raises(ValueError, match="Input should be 'paper' or 'lasa_code'"):
+        build("byzmean", variant="lasa")
+
+
 # ----------------------------------------------------------------------------------------- naive attacks
 
 

@@ -89,6 +89,14 @@ def test_run_id_is_the_experiment_not_its_placement():
     assert run_id(build_config({}, ["partition.beta=0.5", "model.name=mlp"])) == base
 
 
+def test_an_attack_variant_added_later_keeps_the_ids_of_runs_stored_before_it():
+    byzmean = ["threat.attack=byzmean", "threat.fraction=0.2"]
+    paper = run_id(build_config({}, byzmean))
+    assert run_id(build_config({}, [*byzmean, "threat.attack_params.variant=paper"])) == paper
+    assert build_config({}, byzmean).to_dict()["threat"]["attack_params"]["variant"] == "paper"  # still recorded
+    assert run_id(build_config({}, [*byzmean, "threat.attack_params.variant=lasa_code"])) != paper
+
+
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
 
