@@ -280,12 +280,19 @@ class SignFlipAttack(ModelAttack[SignFlipParams]):
 # ---------------------------------------------------------------------------------------------------- LIE
 
 
+LIE_CODE_Z = 0.5
+"""The z of LIE in the LASA authors' code (``lie_attack(..., z=0.5)``)."""
+
+
 class LieParams(AttackParams):
     z: float | None = Field(
         None, allow_inf_nan=False,
         description="the number of standard deviations; None = Baruch et al.'s z_max = Phi^-1((n - s)/n) with "
-        "s = floor(n/2 + 1) - f (LASA App. 7.3 fixes z = 0.5 instead)",
+        "s = floor(n/2 + 1) - f (LASA App. 7.3 fixes z = 0.5 instead); with variant lasa_code, None = 0.5",
     )
+    variant: Literal["paper", "lasa_code"] = Field(
+        "paper", description="paper: statistics of the reference updates (the benign ones when omniscient); "
+        "lasa_code: the LASA authors' code, statistics of the attackers' own updates only, z = 0.5 by default")
 
 
 @register
@@ -303,6 +310,11 @@ class LieAttack(ModelAttack[LieParams]):
     alone form a majority (f ≥ ⌊n/2 + 1⌋, so s ≤ 0), (n - s)/n ≥ 1 and Φ⁻¹ would be +∞; the attackers then
     need no supporter and s is clamped to 1, i.e. z = Φ⁻¹((n - 1)/n); with n ≤ 1 there is no spread to
     exploit and z = 0.
+
+    ``variant: lasa_code`` is the LASA authors' released code (JiiahaoXU/LASA, ``algorithms/attack/lie.py``,
+    ``lie_attack``): μ and σ are those of the attackers' own f updates, whatever the attacker knows, and
+    z = 0.5 unless given. With one attacker that code's ``torch.std`` is NaN and so is what it sends; here
+    σ = 0 and the attacker sends its own update.
     """
 
     name = "lie"
@@ -320,13 +332,17 @@ class LieAttack(ModelAttack[LieParams]):
         return float(norm.ppf((n - s) / n))
 
     def z_for(self, ctx: AttackContext) -> float:
-        return self.params.z if self.params.z is not None else self.derived_z(ctx.num_clients, ctx.num_malicious)
+        if self.params.z is not None:
+            return self.params.z
+        if self.params.variant == "lasa_code":
+            return LIE_CODE_Z
+        return self.derived_z(ctx.num_clients, ctx.num_malicious)
 
     def craft(self, own: torch.Tensor, reference: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         f = own.shape[0]
         if f == 0:
             return _empty(own)
-        ref = _reference(own, reference)
+        ref = own if self.params.variant == "lasa_code" else _reference(own, reference)
         return _repeat(ref.mean(dim=0) - self.z_for(ctx) * _std(ref), f)
 
 
@@ -592,8 +608,7 @@ class ByzMeanAttack(ModelAttack[ByzMeanParams]):
     round's n updates are ``own`` followed by ``reference`` (attackers first, as in the authors' code): with
     an omniscient attacker they are exactly the round's updates and the vector is the code's. An agnostic
     attacker (``reference`` is ``own``) sees only its own f rows: its statistics are theirs, and the sum over
-    all n is n times their mean. With no attacker in the round the authors' code also overwrites the first
-    client's update with g1; byzlab leaves benign updates alone.
+    all n is n times their mean.
     """
 
     name = "byzmean"

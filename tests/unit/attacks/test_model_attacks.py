@@ -244,6 +244,17 @@ def test_tailored_trmean_trim_parameter():
     assert torch.linalg.vector_norm(_trmean_by_hand(torch.cat([crafted, benign]), 1) - mean) > honest
 
 
+def test_lie_lasa_code_takes_the_attackers_own_statistics_and_z_one_half():
+    """The LASA authors' lie_attack: own updates 0, 2, 4 (mean 2, Bessel-corrected std 2), z = 0.5 -> 1 for
+    every attacker, even when the benign updates (here all 10) are known; a given z is used as given."""
+    own, benign = torch.tensor([[0.0], [2.0], [4.0]]), torch.full((2, 1), 10.0)
+    assert torch.equal(build("lie", variant="lasa_code").craft(own, benign, ctx(5, 3)), torch.ones(3, 1))
+    assert torch.equal(build("lie", variant="lasa_code", z=1.0).craft(own, benign, ctx(5, 3)), torch.zeros(3, 1))
+    assert torch.equal(build("lie", z=0.5).craft(own, benign, ctx(5, 3)), torch.full((3, 1), 10.0))  # the text
+    # one attacker: std 0 (the authors' torch.std would be NaN), so it sends its own update
+    assert torch.equal(build("lie", variant="lasa_code").craft(own[:1], benign, ctx(3, 1)), own[:1])
+
+
 # ------------------------------------------------------------------------------------------------ ByzMean
 
 
