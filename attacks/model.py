@@ -48,6 +48,19 @@ def _reference(own: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return ref.to(device=own.device, dtype=own.dtype)
 
 
+Variant = Literal["paper", "lasa_code"]
+LASA_CODE = (
+    "lasa_code: the LASA authors' released code (JiiahaoXU/LASA, algorithms/attack/), which takes every statistic "
+    "from the attackers' own updates only, whatever the attacker knows"
+)
+
+
+def _seen(own: torch.Tensor, reference: torch.Tensor, variant: Variant) -> torch.Tensor:
+    """The rows an attack takes its statistics from: the reference (:func:`_reference`) as the papers write
+    it, or the attackers' own updates as the LASA authors' code does (``variant: lasa_code``)."""
+    return own if variant == "lasa_code" else _reference(own, reference)
+
+
 def _std(rows: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise sample standard deviation (Bessel-corrected, as ``torch.std``'s default and the
     NDSS'21 authors' code); 0 for a single row instead of NaN."""
@@ -290,9 +303,8 @@ class LieParams(AttackParams):
         description="the number of standard deviations; None = Baruch et al.'s z_max = Phi^-1((n - s)/n) with "
         "s = floor(n/2 + 1) - f (LASA App. 7.3 fixes z = 0.5 instead); with variant lasa_code, None = 0.5",
     )
-    variant: Literal["paper", "lasa_code"] = Field(
-        "paper", description="paper: statistics of the reference updates (the benign ones when omniscient); "
-        "lasa_code: the LASA authors' code, statistics of the attackers' own updates only, z = 0.5 by default")
+    variant: Variant = Field("paper", description=f"paper: LASA App. 7.3 / Baruch et al. as written; {LASA_CODE} "
+                             "(lie.py, lie_attack), with z = 0.5 unless given")
 
 
 @register
@@ -342,7 +354,7 @@ class LieAttack(ModelAttack[LieParams]):
         f = own.shape[0]
         if f == 0:
             return _empty(own)
-        ref = own if self.params.variant == "lasa_code" else _reference(own, reference)
+        ref = _seen(own, reference, self.params.variant)
         return _repeat(ref.mean(dim=0) - self.z_for(ctx) * _std(ref), f)
 
 
@@ -364,6 +376,8 @@ class _DistanceParams(AttackParams):
         description="max: the papers' bound (max over benign updates); min: the stealthy variant bounded by the "
         "minimum over benign updates instead (LASA App. 7.3)",
     )
+    variant: Variant = Field("paper", description=f"paper: NDSS'21 / LASA App. 7.3 as written; {LASA_CODE} "
+                             "(agr.py: agrAgnosticMinMax, agrAgnosticMinSum, both bounded by the max)")
 
 
 class _DistanceAttack(ModelAttack[_DistanceParams]):
@@ -392,7 +406,7 @@ class _DistanceAttack(ModelAttack[_DistanceParams]):
         self, own: torch.Tensor, reference: torch.Tensor, ctx: AttackContext | None = None
     ) -> tuple[torch.Tensor, float]:
         """The malicious vector ∇m [d] and the γ found (0.0 when no γ > 0 satisfies the bound)."""
-        ref = _reference(own, reference)
+        ref = _seen(own, reference, self.params.variant)
         mean = ref.mean(dim=0)
         direction = _perturbation(self.params.perturbation, mean, ref)
         x = ref - mean
@@ -480,6 +494,8 @@ class TailoredTrMeanParams(AttackParams):
     tol: float = Field(
         1e-5, gt=0, allow_inf_nan=False, description="the search stops once its step is below tol (NDSS'21: 1e-5)"
     )
+    variant: Variant = Field("paper", description=f"paper: NDSS'21 / LASA App. 7.3 as written; {LASA_CODE} "
+                             "(agr.py, agrTailoredTrmean), simulating max(1, f^2 // n) copies and trimming as many")
 
 
 @register
@@ -498,26 +514,41 @@ class TailoredTrMeanAttack(ModelAttack[TailoredTrMeanParams]):
     simulated on the f copies of ∇m and the reference rows (the benign updates when omniscient). The search's
     oracle is the authors' (released code, ``our_attack_trmean``): a candidate γ is accepted when its objective
     is larger than that of the previously tested γ; the last accepted γ is used (0 if none).
+
+    ``variant: lasa_code`` is the LASA authors' ``agrTailoredTrmean``: the reference is the attackers' own f
+    updates, and the simulated trimmed mean runs over c = max(1, f² // n) copies of ∇m and those f updates,
+    trimming c values at each end (``trim`` overrides the trimming, not the copies). The authors' code takes f
+    from its configured number of attackers per round; here it is the round's f, the same when every round
+    samples that many attackers.
     """
 
     name = "tailored_trmean"
     Params = TailoredTrMeanParams
 
-    def objective(self, vector: torch.Tensor, reference: torch.Tensor, f: int) -> float:
-        """||TrMean_k(f copies of vector ∪ reference) - mean(reference)||, by sorting all the rows (the
+    def copies(self, f: int, ctx: AttackContext | None) -> int:
+        """How many copies of ∇m the simulated trimmed mean holds (and trims by default): f as written;
+        max(1, f² // n) in the LASA authors' code."""
+        if self.params.variant == "lasa_code":
+            if ctx is None:
+                raise ValueError("tailored_trmean variant 'lasa_code' needs the round's n (an AttackContext)")
+            return max(1, f * f // ctx.num_clients)
+        return f
+
+    def objective(self, vector: torch.Tensor, reference: torch.Tensor, copies: int) -> float:
+        """||TrMean_k(copies of vector ∪ reference) - mean(reference)||, by sorting all the rows (the
         definition; :class:`_TrimmedMeanOfCopies` gives the same numbers without sorting per candidate)."""
-        rows = torch.cat([_repeat(vector, f), reference], dim=0)
-        k = f if self.params.trim is None else self.params.trim
+        rows = torch.cat([_repeat(vector, copies), reference], dim=0)
+        k = copies if self.params.trim is None else self.params.trim
         return float(torch.linalg.vector_norm(trimmed_mean(rows, k) - reference.mean(dim=0)))
 
     def craft_with_gamma(
         self, own: torch.Tensor, reference: torch.Tensor, ctx: AttackContext | None = None
     ) -> tuple[torch.Tensor, float]:
-        f = own.shape[0]
-        ref = _reference(own, reference)
+        copies = self.copies(own.shape[0], ctx)
+        ref = _seen(own, reference, self.params.variant)
         mean = ref.mean(dim=0)
         direction = _perturbation(self.params.perturbation, mean, ref)
-        simulated = _TrimmedMeanOfCopies(ref, f, f if self.params.trim is None else self.params.trim)
+        simulated = _TrimmedMeanOfCopies(ref, copies, copies if self.params.trim is None else self.params.trim)
         previous = [-math.inf]
 
         def increased(gamma: float) -> bool:
@@ -547,9 +578,9 @@ BYZMEAN_CODE_Z = 0.5
 class ByzMeanParams(AttackParams):
     base: str = Field("lie", description="the model attack of the first group (Xu et al. / LASA App. 7.3: lie)")
     base_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the base attack")
-    variant: Literal["paper", "lasa_code"] = Field(
-        "paper", description="paper: LASA App. 7.3 as written; lasa_code: the LASA authors' released code, where "
-        "every attacker sends the second group's vector (see the attack's docstring)")
+    variant: Variant = Field(
+        "paper", description="paper: LASA App. 7.3 as written; lasa_code: the LASA authors' released code (lie.py, "
+        "byzmean_attack), where every attacker sends the second group's vector (see the attack's docstring)")
 
     @field_validator("variant")
     @classmethod

@@ -255,6 +255,36 @@ def test_lie_lasa_code_takes_the_attackers_own_statistics_and_z_one_half():
     assert torch.equal(build("lie", variant="lasa_code").craft(own[:1], benign, ctx(3, 1)), own[:1])
 
 
+SPREAD_OWN = torch.tensor([[0.0], [2.0], [4.0]])  # attackers' own updates: mean 2, Bessel-corrected std 2
+FAR_BENIGN = torch.full((2, 1), 10.0)  # benign updates the LASA authors' code never looks at
+
+
+def test_min_sum_lasa_code_is_bounded_by_the_largest_sum_over_the_attackers_own_updates():
+    """agrAgnosticMinSum: ∇m = 2 - 2γ; Σ_i (x_i - ∇m)² = 8 + 12γ² against the largest row sum of squared
+    distances among 0, 2, 4 (20): γ -> 1, ∇m -> 0. The smallest row sum (8, the NDSS'21 code's) allows γ = 0."""
+    crafted = build("min_sum", variant="lasa_code").craft(SPREAD_OWN, FAR_BENIGN, ctx(5, 3))
+    torch.testing.assert_close(crafted, torch.zeros(3, 1), rtol=0, atol=1e-4)
+    stealthy = build("min_sum", variant="lasa_code", bound="min").craft(SPREAD_OWN, FAR_BENIGN, ctx(5, 3))
+    torch.testing.assert_close(stealthy, torch.full((3, 1), 2.0), rtol=0, atol=1e-4)
+    assert torch.equal(build("min_sum").craft(SPREAD_OWN, FAR_BENIGN, ctx(5, 3)), torch.full((3, 1), 10.0))
+
+
+def test_min_max_lasa_code_is_bounded_by_the_attackers_own_largest_distance():
+    """agrAgnosticMinMax: the farthest own update from ∇m = 2 - 2γ is 4, (2 + 2γ)² <= 16 (0 to 4): γ -> 1."""
+    crafted = build("min_max", variant="lasa_code").craft(SPREAD_OWN, FAR_BENIGN, ctx(5, 3))
+    torch.testing.assert_close(crafted, torch.zeros(3, 1), rtol=0, atol=1e-4)
+
+
+def test_tailored_trmean_lasa_code_simulates_f_squared_over_n_copies_among_the_attackers_own_updates():
+    """agrTailoredTrmean, f = 3 of n = 5: max(1, 9 // 5) = 1 copy of ∇m = 2 - 2γ among 0, 2, 4, one value
+    trimmed at each end. The objective |TrMean - 2| is γ for γ <= 1 and 1 beyond, so the first candidate,
+    γ = 10, is accepted (1 > the initial -1) and no later one grows it: ∇m = 2 - 20 = -18."""
+    attack = build("tailored_trmean", variant="lasa_code")
+    assert attack.copies(3, ctx(5, 3)) == 1 and attack.copies(25, ctx(100, 25)) == 6
+    assert torch.equal(attack.craft(SPREAD_OWN, FAR_BENIGN, ctx(5, 3)), torch.full((3, 1), -18.0))
+    assert torch.equal(build("tailored_trmean").craft(SPREAD_OWN, FAR_BENIGN, ctx(5, 3)), torch.full((3, 1), 10.0))
+
+
 # ------------------------------------------------------------------------------------------------ ByzMean
 
 
