@@ -23,7 +23,9 @@ numbers, by first appearance otherwise (missing values first); defense names kee
 with ``fedavg`` first, attack names likewise with ``none`` (the no-attack baseline) first. A group's
 columns are the attacks that occur in it.
 
-Cells: ``acc_last5_mean`` in percent, two decimals, mean ± population std (ddof=0: the spread of the
+Cells: the table's metric (``acc_last5_mean`` unless the sweep file's ``report: {metric: ...}`` or
+``byzlab report --metric`` names another of :data:`TABLE_METRICS`, as a paper's own tables do: LASA reports
+the best accuracy) in percent, two decimals, mean ± population std (ddof=0: the spread of the
 seeds actually run, not an estimate for unseen ones) over the seeds. A cell with one seed shows the mean
 alone (no ``± 0.00`` suggesting a spread was measured); a cell without a finished run shows ``–``. In
 each column (one attack in one group) the best mean is bold and the second best underlined; ranks are
@@ -53,12 +55,11 @@ from mlflow.entities import Run
 
 from byzlab.orchestrator.config import flatten
 from byzlab.orchestrator.run.storage import RunDirectory
-from byzlab.sweeps.spec import SHORT_NAMES, SPEC_FILE, load_saved_sweep
+from byzlab.sweeps.spec import DEFAULT_TABLE_METRIC, SHORT_NAMES, SPEC_FILE, TABLE_METRICS, load_saved_sweep
 
 SUMMARY_KEYS = ("acc_last5_mean", "acc_best", "acc_final")
 DETECTION_KEYS = ("detection_tpr", "detection_fpr")
 CURVE_KEYS = ("test_accuracy", *DETECTION_KEYS)
-TABLE_METRIC = "acc_last5_mean"
 RUN_ID_TAG = "byzlab.run_id"
 TRIAL_ID_TAG = "byzlab.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -80,10 +81,13 @@ LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
 }
-CAPTION = (
-    "Test accuracy (%), mean ± std (population, over seeds) of the mean of the last five evaluations "
-    "(acc_last5_mean); best per column in bold, second best underlined; – = no finished run."
-)
+
+
+def caption(metric: str) -> str:
+    return (f"Test accuracy (%), mean ± std (population, over seeds) of {TABLE_METRICS[metric]} ({metric}); "
+            "best per column in bold, second best underlined; – = no finished run.")
+
+
 DPI = 150
 
 
@@ -196,6 +200,7 @@ class Grid:
     defenses: list[Label]
     attacks: dict[Label, list[Label]]  # group -> the attacks that occur in it
     cells: dict[tuple[Label, Label, Label], list[TrialRecord]]
+    metric: str = DEFAULT_TABLE_METRIC  # what the table's cells show (TABLE_METRICS)
 
     def text(self, label: Label) -> str:
         """``lasa (sparsity=0.3)``, ``sign_flip``, ``β=0.3, Φ=0.2``."""
@@ -220,8 +225,8 @@ class Grid:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)) or "all"
 
     def metric_values(self, group: Label, defense: Label, attack: Label) -> np.ndarray:
-        """The cell's ``acc_last5_mean`` values, one per seed (empty when the cell has no run)."""
-        return np.array([r.summary[TABLE_METRIC] for r in self.cells.get((group, defense, attack), [])])
+        """The cell's values of the table's metric, one per seed (empty when the cell has no run)."""
+        return np.array([r.summary[self.metric] for r in self.cells.get((group, defense, attack), [])])
 
 
 def _value(record: TrialRecord, key: str) -> str | None:
@@ -296,10 +301,13 @@ def _short_names(keys: list[str]) -> dict[str, str]:
     return {key: key if name in shared else name for key, name in short.items()}
 
 
-def build_grid(records: list[TrialRecord]) -> Grid:
-    """Infer defenses, attacks, replicates and column groups from the records (see the module docstring)."""
+def build_grid(records: list[TrialRecord], metric: str = DEFAULT_TABLE_METRIC) -> Grid:
+    """Infer defenses, attacks, replicates and column groups from the records (see the module docstring);
+    the cells will show ``metric``."""
     if not records:
         raise ValueError("no records to report on")
+    if metric not in TABLE_METRICS:
+        raise ValueError(f"report metric '{metric}' is not one of: {', '.join(TABLE_METRICS)}")
     all_keys = [
         key for key in dict.fromkeys(k for r in records for k in r.params)
         if key not in EXECUTION_KEYS and not key.startswith(EXECUTION_PREFIXES)
@@ -318,7 +326,7 @@ def build_grid(records: list[TrialRecord]) -> Grid:
                     key=lambda g: tuple(value_rank[k][v] for k, v in g.settings))
     attacks_in = {g: [a for a in attack_order if any((g, d, a) in cells for d in defense_order)] for g in groups}
     short_names = {**{key: key.rsplit(".", 1)[-1] for key in all_keys}, **_short_names(group_keys)}
-    return Grid(group_keys, short_names, groups, defense_order, attacks_in, dict(cells))
+    return Grid(group_keys, short_names, groups, defense_order, attacks_in, dict(cells), metric)
 
 
 def _render(label: Label, name_of: Callable[[str], str], escape: Callable[[str], str] = str) -> str:
@@ -375,7 +383,7 @@ def _marked(cell: Cell | None, bold: Callable[[str], str], underline: Callable[[
 def _markdown(grid: Grid, cells: dict) -> str:
     """One Markdown table per column group, under a ``### β=…, Φ=…`` heading (no heading when there is a
     single unlabelled group): one wide table with many groups is hard to read in a text editor."""
-    lines = [CAPTION]
+    lines = [caption(grid.metric)]
     for group in grid.groups:
         attacks = grid.attacks[group]
         if group.settings:
@@ -409,7 +417,7 @@ def _latex(grid: Grid, cells: dict) -> str:
         r"% needs \usepackage{booktabs}",
         r"\begin{table}[t]",
         r"\centering",
-        r"\caption{" + _latex_escape(CAPTION).replace("±", r"$\pm$").replace("–", "--") + "}",
+        r"\caption{" + _latex_escape(caption(grid.metric)).replace("±", r"$\pm$").replace("–", "--") + "}",
         r"\begin{tabular}{l" + "c" * len(columns) + "}",
         r"\toprule",
     ]
@@ -435,17 +443,18 @@ def _latex(grid: Grid, cells: dict) -> str:
 
 def _write_csv(path: Path, grid: Grid, cells: dict) -> None:
     """Tidy: one row per (group, defense, attack) with a finished run; group keys as dotted columns (empty
-    where a record lacks the key), means and stds as fractions at full precision."""
+    where a record lacks the key), means and stds of the table's metric (its name in ``metric``) as
+    fractions at full precision."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*grid.group_keys, "defense", "attack", "mean", "std", "seeds", "rank"])
+        writer.writerow([*grid.group_keys, "defense", "attack", "metric", "mean", "std", "seeds", "rank"])
         for group in grid.groups:
             for defense in grid.defenses:
                 for attack in grid.attacks[group]:
                     if (cell := cells.get((group, defense, attack))) is not None:
                         writer.writerow([
                             *(value or "" for _, value in group.settings), grid.text(defense),
-                            grid.text(attack), repr(cell.mean), repr(cell.std), cell.seeds, cell.rank,
+                            grid.text(attack), grid.metric, repr(cell.mean), repr(cell.std), cell.seeds, cell.rank,
                         ])
 
 
@@ -510,7 +519,8 @@ def _accuracy_plot(path: Path, grid: Grid, group: Label) -> None:
 
 
 def _heatmap(path: Path, grid: Grid, cells: dict, group: Label) -> None:
-    """Defense × attack, colour and annotation = mean acc_last5_mean (%); cells without a run grey, blank."""
+    """Defense × attack, colour and annotation = the mean of the table's metric (%); cells without a run
+    grey, blank."""
     attacks = grid.attacks[group]
     means = np.array([
         [100 * cells[group, d, a].mean if (group, d, a) in cells else np.nan for a in attacks]
@@ -527,7 +537,7 @@ def _heatmap(path: Path, grid: Grid, cells: dict, group: Label) -> None:
                     color="white" if dark else "black")
     ax.set_xticks(range(len(attacks)), [grid.text(a) for a in attacks], rotation=30, ha="right")
     ax.set_yticks(range(len(grid.defenses)), [grid.text(d) for d in grid.defenses])
-    figure.colorbar(image, ax=ax, label=f"{TABLE_METRIC} (%)")
+    figure.colorbar(image, ax=ax, label=f"{grid.metric} (%)")
     if group.settings:
         ax.set_title(grid.text(group))
     figure.savefig(path)
@@ -579,11 +589,11 @@ def _detection_plot(path: Path, grid: Grid) -> bool:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def write_report(records: list[TrialRecord], out_dir: str | Path) -> list[Path]:
-    """Write ``table.md``, ``table.tex``, ``table.csv``, ``accuracy_<group>.png`` and
+def write_report(records: list[TrialRecord], out_dir: str | Path, metric: str = DEFAULT_TABLE_METRIC) -> list[Path]:
+    """Write ``table.md``, ``table.tex``, ``table.csv`` (cells: ``metric``), ``accuracy_<group>.png`` and
     ``heatmap_<group>.png`` per column group, and ``detection.png`` (only when some attacked record has
     detection metrics) into ``out_dir`` (created if needed); returns the written paths, table.md first."""
-    grid = build_grid(records)
+    grid = build_grid(records, metric)
     cells = table_cells(grid)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

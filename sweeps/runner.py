@@ -41,7 +41,7 @@ from byzlab.orchestrator.run.tracking import default_tracking_uri, log_params, o
 from byzlab.sweeps.live import LiveTable
 from byzlab.sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
 from byzlab.sweeps.report import records_from_mlflow, records_from_sweep_dir, write_report
-from byzlab.sweeps.spec import SPEC_FILE, Sweep, load_saved_sweep
+from byzlab.sweeps.spec import DEFAULT_TABLE_METRIC, SPEC_FILE, TABLE_METRICS, Sweep, load_saved_sweep
 from byzlab.sweeps.trainable import run_trial
 
 STATE_FILE = "sweep.json"
@@ -391,15 +391,19 @@ def _end_parent_run(plan_: SweepPlan, parent_run_id: str | None, status: str) ->
 
 
 def report(source: str | Path, *, out: Path | None = None, output_dir: Path = Path("byzlab-results"),
-           uri: str | None = None) -> list[Path]:
+           uri: str | None = None, metric: str | None = None) -> list[Path]:
     """Write the report of a sweep directory or of an MLflow experiment's finished runs, and log it to the
-    sweep's parent run. ``output_dir`` / ``uri`` locate the MLflow store of an experiment name."""
+    sweep's parent run. ``output_dir`` / ``uri`` locate the MLflow store of an experiment name. ``metric``:
+    the table's (None: the sweep file's ``report.metric``, acc_last5_mean for an experiment name)."""
     source_path = Path(source)
+    if metric is not None and metric not in TABLE_METRICS:
+        raise ConfigError(f"--metric: '{metric}' is not one of: {', '.join(TABLE_METRICS)}")
     if (source_path / STATE_FILE).is_file():
         state = read_state(source_path)
         records = records_from_sweep_dir(source_path)
         store, parent_run_id = state.get("tracking_uri"), state.get("parent_run_id")
         out = out or source_path / REPORT_DIR
+        metric = metric or load_saved_sweep(source_path).spec.report.metric
     else:
         store = uri or default_tracking_uri(output_dir)
         if uri is None and not (output_dir / "mlflow.db").is_file():
@@ -408,7 +412,7 @@ def report(source: str | Path, *, out: Path | None = None, output_dir: Path = Pa
         out = out or output_dir / "reports" / str(source)
     if not records:
         raise ConfigError(f"'{source}' has no finished trial to report on")
-    paths = write_report(records, out)
+    paths = write_report(records, out, metric or DEFAULT_TABLE_METRIC)
     if store and parent_run_id:
         client = MlflowClient(tracking_uri=store)
         for path in paths:

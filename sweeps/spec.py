@@ -17,6 +17,7 @@ seeds: [0, 1]                         # replicates (run.seed)
 exclude:                              # partial assignments; trials matching one of them are dropped
   - {server.aggregator: krum, threat.fraction: 0.4}
 reuse_workers: true                   # a trial borrows the Ray actors of the trial before it on its slot
+report: {metric: acc_best}            # the table's metric (default acc_last5_mean; LASA reports acc_best)
 ```
 
 A list in a parameter grid means "sweep these values"; a parameter whose value is itself a list is written
@@ -51,6 +52,29 @@ _ATTACK_KEYS = ("threat.attack", "threat.attack_params.")
 SHORT_NAMES = {"partition.beta": "β", "threat.fraction": "Φ"}
 
 
+TABLE_METRICS = {  # the summary metrics a report's table can show, and how its caption says what they are
+    "acc_last5_mean": "the mean of the last five evaluations",
+    "acc_best": "the best evaluation",
+    "acc_final": "the last evaluation",
+}
+DEFAULT_TABLE_METRIC = "acc_last5_mean"  # SDEA's; LASA reports acc_best
+
+
+class ReportSpec(BaseModel):
+    """The ``report:`` section: what the sweep's table shows, as the paper it reproduces reports it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(DEFAULT_TABLE_METRIC, description="the table's metric: " + ", ".join(TABLE_METRICS))
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, metric: str) -> str:
+        if metric not in TABLE_METRICS:
+            raise ValueError(f"'{metric}' is not one of: {', '.join(TABLE_METRICS)}")
+        return metric
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +88,7 @@ class SweepSpec(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list, description="partial assignments to drop")
     reuse_workers: bool = Field(True, description="a trial borrows the trainable process and the client and server "
                                 "actors of the trial before it on its slot (false: three new processes per trial)")
+    report: ReportSpec = Field(default_factory=ReportSpec, description="what the report's table shows")
 
     @field_validator("grid")
     @classmethod

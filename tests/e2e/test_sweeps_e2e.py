@@ -1,6 +1,7 @@
 """Sweeps end to end on digits: Tune trials, MLflow parent/child runs, the report, SIGKILL + resume,
 infeasible placements, and the README's quickstart sweep."""
 
+import csv
 import json
 import math
 import os
@@ -343,6 +344,15 @@ def test_report_from_the_sweep_directory_and_from_the_mlflow_experiment(tmp_path
     }
     missing = runner.invoke(cli.app, ["report", "no-such-experiment", "--output-dir", str(output_dir)])
     assert missing.exit_code == 2 and "no-such-experiment" in missing.stderr
+    # Another metric than the sweep file's (acc_last5_mean): the best accuracy, as LASA's tables report it.
+    best = runner.invoke(cli.app, ["report", str(sweep_dir), "--metric", "acc_best", "--out", str(tmp_path / "c")])
+    assert best.exit_code == 0, best.output
+    assert "of the best evaluation (acc_best)" in (tmp_path / "c" / "table.md").read_text()
+    with (tmp_path / "c" / "table.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["metric"] for r in rows} == {"acc_best"} and len(rows) == 4
+    wrong = runner.invoke(cli.app, ["report", str(sweep_dir), "--metric", "accuracy"])
+    assert wrong.exit_code == 2 and "--metric: 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final" in wrong.stderr
 
 
 def test_a_missing_dataset_stops_the_sweep_before_any_trial(tmp_path):

@@ -157,7 +157,7 @@ def test_csv_is_tidy_with_fractions_and_ranks(report):
     with (out / "table.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
-        "partition.beta", "threat.fraction", "defense", "attack", "mean", "std", "seeds", "rank"
+        "partition.beta", "threat.fraction", "defense", "attack", "metric", "mean", "std", "seeds", "rank"
     ]
     assert len(rows) == 11  # 2 groups x 3 defenses x 2 attacks, one cell without a run
     by_cell = {(r["partition.beta"], r["threat.fraction"], r["defense"], r["attack"]): r for r in rows}
@@ -216,7 +216,7 @@ def test_single_group_no_detection_and_param_variants(tmp_path):
     assert "| fedavg | **90.00 ± 0.00** | **70.00 ± 0.00** | **50.00 ± 0.00** |" in markdown
     assert r"\multicolumn" not in (tmp_path / "table.tex").read_text()
     with (tmp_path / "table.csv").open() as handle:
-        assert next(csv.reader(handle)) == ["defense", "attack", "mean", "std", "seeds", "rank"]
+        assert next(csv.reader(handle)) == ["defense", "attack", "metric", "mean", "std", "seeds", "rank"]
 
 
 def test_other_varying_key_forms_groups_by_short_name(tmp_path):
@@ -401,3 +401,18 @@ def test_records_from_mlflow_order_sweep_trials_by_trial_id(tmp_path):
         client.set_terminated(run_id, "FINISHED")
     records, _ = records_from_mlflow("sweep", f"sqlite:///{tmp_path}/mlflow.db")
     assert [r.params["server.aggregator"] for r in records] == ["median", "lasa", "krum"]
+
+
+def test_a_report_shows_the_metric_it_is_asked_for(records, tmp_path):
+    """LASA's tables report the best accuracy: the same records with acc_best 5 points above acc_last5_mean."""
+    best = [TrialRecord(r.params, {**r.summary, "acc_best": r.summary["acc_last5_mean"] + 0.05}, r.curves)
+            for r in records]
+    write_report(best, tmp_path, metric="acc_best")
+    caption, tables = (tmp_path / "table.md").read_text().split("\n\n", 1)
+    assert "of the best evaluation (acc_best)" in caption
+    assert "| lasa (sparsity=0.5) | <u>56.00 ± 1.00</u> | **81.00 ± 2.00** |" in tables  # 51.00 and 76.00 + 5
+    with (tmp_path / "table.csv").open() as handle:
+        assert {row["metric"] for row in csv.DictReader(handle)} == {"acc_best"}
+    assert "of the best evaluation (acc\\_best)" in (tmp_path / "table.tex").read_text()
+    with pytest.raises(ValueError, match="report metric 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final"):
+        build_grid(records, "accuracy")

@@ -220,6 +220,13 @@ def test_empty_grid_list():
     assert _error({"base": BASE, "grid": {"partition.beta": []}}) == "grid: 'partition.beta' has no values"
 
 
+def test_the_report_metric_is_one_of_the_summaries():
+    assert parse_spec({"base": BASE}, "t").report.metric == "acc_last5_mean"
+    assert parse_spec({"base": BASE, "report": {"metric": "acc_best"}}, "t").report.metric == "acc_best"
+    assert _error({"base": BASE, "report": {"metric": "accuracy"}}) == (
+        "report.metric: 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final")
+
+
 def test_unknown_grid_key_is_named():
     message = _error({"base": BASE, "grid": {"partition.betta": [0.3, 0.5]}})
     assert message.startswith("2 of 2 trials are invalid")
