@@ -146,7 +146,7 @@ class RepeatedMedianParams(AggregatorParams):
     chunk_size: int | None = Field(
         None,
         ge=1,
-        description="coordinates processed at once (memory ~ chunk_size * n^2 elements); "
+        description="coordinates processed at once (memory ~ chunk_size * n^2 elements on GPUs, less on the CPU); "
         "default: as many as fit in 2**24 slope elements",
     )
 
@@ -180,7 +180,8 @@ class RepeatedMedian(Aggregator[RepeatedMedianParams]):
     released code uses ``b0 = med(y) - b1 med(x)``, which makes the value at the centre exactly the
     coordinate-wise median; use the ``median`` rule to reproduce that.
 
-    Memory: O(n^2) slopes per coordinate, so coordinates are processed ``chunk_size`` at a time.
+    Memory: O(n^2) slopes per coordinate, so coordinates are processed ``chunk_size`` at a time; on the CPU
+    a chunk's slopes are built and selected a few coordinates at a time (``numerics.SLOPE_COORDINATES``).
 
     Breakdown: at most (n - 2) // 2 arbitrary rows. Each inner median of eq. (1) is over the n - 1 slopes
     from one point, and stays on honest slopes only while fewer than half of those involve a hostile value:

@@ -60,17 +60,21 @@ included, so ``update != weights @ updates`` in general); ``info``: ``kept_share
 (fraction of layers in which a client was kept), ``layers``, ``fallback_layers``, ``k``, ``clipped`` (clients
 with clip factor < 1), ``median_norm``. Identical inputs u return ``Top_k(u)`` (not u) unless SL = 0.
 
-Cost: each client's Top-k threshold is selected (numpy's introselect; ``torch.topk`` where magnitudes tie at
-the threshold, and on GPUs), then passes over the layers with vectorised reductions, a few rows at a time
-for the per-client statistics and a slice of coordinates at a time for the mean (no loop over clients or
-coordinates in Python). Beyond the input it holds the boolean Top-k mask [n, D] (a quarter of the input's
-bytes), one copy of a row per thread and one block of about 2**24 elements: about 1.3x the input.
+Cost: on the CPU one client at a time on torch's threads (numpy releases the GIL): its Top-k threshold
+selected (:func:`select`; ``torch.topk`` where magnitudes tie at the threshold), then its large layers'
+statistics, in work rows reused across clients; smaller layers' statistics vectorised over blocks of rows; the
+mean a slice of coordinates at a time. On other devices ``torch.topk`` on every row and every layer's
+statistics over blocks of rows. No loop over coordinates in Python.
+Beyond the input it holds the boolean Top-k mask [n, D] (a quarter of the input's bytes), per thread a
+work row in the updates' dtype, a float64 and a bool one, and one block of about 2**24 elements: a peak of
+0.6x the input at n = 100, d = 1.1e7, 6.9 s on two cores (benchmarks/results/aggregators.md; the work rows
+weigh more with fewer clients).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import queue
 
 import numpy as np
 import torch
@@ -131,52 +135,146 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     magnitude are broken by ``torch.topk``. Exactly k True per row."""
     n, size = values.shape
     mask = torch.empty(n, size, dtype=torch.bool, device=values.device)
-    _fill_top_k(mask, lambda i: values[i].abs(), k)
+    if values.device.type == "cpu":
+        work = _RowWork(size, values.dtype)
+        on_threads(lambda rows: [work.top_k(mask[i], [values[i]], k) for i in range(rows.start, rows.stop)],
+                   (slice(i, i + 1) for i in range(n)))
+    else:
+        for i in range(n):
+            _top_k_row(mask[i], values[i].abs(), k)
     return mask
 
 
-def _fill_top_k(mask: torch.Tensor, magnitudes_of_row: Callable[[int], torch.Tensor], k: int) -> None:
-    """Write each row's Top-k mask (:func:`top_k_mask`) into ``mask`` [n, D], one row's magnitudes at a time.
-
-    On the CPU the k-th largest magnitude T is selected (numpy's introselect, rows spread over torch's
-    threads) and the row's Top-k is ``|x| >= T``, the same set ``torch.topk`` returns whenever exactly k
-    magnitudes reach T. A row where more do (ties at T) goes through ``torch.topk``, whose choice among the
-    tied entries is what this rule has always used. Other devices use ``torch.topk`` on every row."""
-    n, size = mask.shape
+def _top_k_row(mask: torch.Tensor, magnitudes: torch.Tensor, k: int) -> None:
+    """``mask`` [D] = the Top-k of a row with ``magnitudes`` [D] by ``torch.topk`` (its choice among entries
+    tied at the k-th magnitude is what this rule has always used); all True for k >= D."""
+    size = magnitudes.numel()
     if k >= size:
         mask.fill_(True)
-        return
+    elif k <= size - k:  # the smaller side: at most D/2 indices
+        mask.fill_(False)
+        mask[torch.topk(magnitudes, k, sorted=False).indices] = True
+    else:
+        mask.fill_(True)
+        mask[torch.topk(magnitudes, size - k, largest=False, sorted=False).indices] = False
 
-    def by_topk(i: int, magnitudes: torch.Tensor) -> None:
-        if k <= size - k:  # the smaller side: at most D/2 indices
-            mask[i] = False
-            mask[i, torch.topk(magnitudes, k, sorted=False).indices] = True
+
+SAMPLE_STRIDE = 64
+"""Every SAMPLE_STRIDE-th value is the sample that brackets the value :func:`select` looks for."""
+
+SAMPLE_FROM = 1 << 20
+"""Arrays from this size on are selected through a sample (:func:`select`); smaller ones by one partition."""
+
+
+def select(values: np.ndarray, rank: int, above: np.ndarray, outside: np.ndarray) -> tuple[np.generic, bool]:
+    """The value at position ``rank`` of ``values`` [m] sorted ascending, NaN last (``np.partition``'s), and
+    whether ``values`` were reordered; ``above`` and ``outside`` are bool [m] work rows.
+
+    A large array is not partitioned whole (60 ms for 1.1e7 float32 values; 20 ms this way): the value is
+    bracketed by two order statistics of a systematic sample, ``lo <= v <= hi`` (ranks 4 sqrt(sample) apart
+    on each side of the sample's own: far more than its spread), the values below lo and above hi are
+    counted, and only the values in between (about 2% of them) are partitioned, as in Floyd & Rivest's
+    selection (Communications of the ACM 18(3), 1975). Where the bracket misses (an unlucky sample, NaN) the
+    whole array is partitioned: the value is the same either way."""
+    size = values.size
+    if size >= SAMPLE_FROM:
+        sample = values[::SAMPLE_STRIDE].copy()
+        position, margin = rank * sample.size / size, 4 * math.sqrt(sample.size)
+        bounds = [max(0, int(position - margin)), min(sample.size - 1, int(position + margin))]
+        sample.partition(bounds)
+        lo, hi = sample[bounds[0]], sample[bounds[1]]
+        count_above = np.count_nonzero(np.greater(values, hi, out=above))
+        below = np.count_nonzero(np.less(values, lo, out=outside))
+        np.logical_not(np.logical_or(above, outside, out=outside), out=outside)
+        inside = np.compress(outside, values)  # NaN too: it compares false (compress: 2x boolean indexing)
+        if below <= rank < size - count_above and not np.isnan(inside).any():
+            inside.partition(rank - below)
+            return inside[rank - below], False
+    values.partition(rank)
+    return values[rank], True
+
+
+ROW_WISE_FROM = 1 << 16
+"""Layers from this size on get their statistics a client at a time on the CPU (:class:`_RowWork`); smaller
+ones, vectorised over blocks of rows, cost less than a Python call per client and layer would."""
+
+
+class _RowWork:
+    """One client row's CPU work in numpy (which releases the GIL, so rows run on torch's threads), in work
+    rows of ``size`` entries (one in the updates' dtype, a float64 and a bool one) taken from a pool: one set
+    per thread, allocated once (a fresh 88 MB row per call would be mapped and zeroed every time)."""
+
+    def __init__(self, size: int, dtype: torch.dtype) -> None:
+        self.size, self.dtype = size, torch.empty(0, dtype=dtype).numpy().dtype
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return np.empty(self.size, self.dtype), np.empty(self.size, np.float64), np.empty(self.size, bool)
+
+    def top_k(self, mask: torch.Tensor, pieces: list[torch.Tensor], k: int) -> None:
+        """``mask`` [D] = the Top-k (:func:`top_k_mask`) of the row made of ``pieces`` (CPU tensors, D entries
+        in all). The k-th largest magnitude T is selected (:func:`select`) and the Top-k is ``|x| >= T``, the
+        set ``torch.topk`` returns whenever exactly k magnitudes reach T; a row where more do (ties at T) goes
+        through ``torch.topk`` (:func:`_top_k_row`)."""
+        size = mask.numel()
+        if k >= size:
+            mask.fill_(True)
+            return
+        buffers = self._take()
+        magnitudes, selected = buffers[0][:size], mask.numpy()
+
+        def fill() -> None:
+            start = 0
+            for piece in pieces:
+                np.abs(piece.numpy(), out=magnitudes[start : start + piece.numel()])
+                start += piece.numel()
+
+        fill()
+        threshold, reordered = select(magnitudes, size - k, buffers[2][:size], selected)
+        if reordered:
+            fill()  # in order again
+        np.greater_equal(magnitudes, threshold, out=selected)
+        if np.count_nonzero(selected) != k:
+            _top_k_row(mask, torch.from_numpy(magnitudes), k)
+        self._free.put(buffers)
+
+    def statistics(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """For a client's layer ``x`` [m] (a CPU tensor) and its Top-k ``mask`` [m] (None: dense): the float64
+        L2 norms of x and of the sparsified layer, and the sparsified layer's numbers of positive and negative
+        entries (PDP, eq. 1). The norms are ``torch.linalg.vector_norm`` of the row widened to float64, bit
+        for bit the norms of the row blocks of the other devices' pass (a norm is reduced along its row alone,
+        in the same order whichever block holds the row)."""
+        buffers = self._take()
+        size = x.numel()
+        sparse, wide, signs = buffers[0][:size], buffers[1][:size], buffers[2][:size]
+        values = x.numpy()
+        np.copyto(wide, values)
+        norm = torch.linalg.vector_norm(torch.from_numpy(wide))
+        if mask is None:
+            sparse_norm = norm
+            sparse = values
         else:
-            mask[i] = True
-            mask[i, torch.topk(magnitudes, size - k, largest=False, sorted=False).indices] = False
-
-    def by_selection(i: int) -> None:
-        magnitudes = magnitudes_of_row(i)
-        selected = np.array(magnitudes.numpy())  # a copy, partitioned in place
-        selected.partition(size - k)
-        threshold = selected[size - k]
-        torch.ge(magnitudes, float(threshold), out=mask[i])
-        if int(mask[i].sum()) != k:
-            by_topk(i, magnitudes)
-
-    if mask.device.type != "cpu":
-        for i in range(n):
-            by_topk(i, magnitudes_of_row(i))
-        return
-    on_threads(lambda rows: [by_selection(i) for i in range(rows.start, rows.stop)],
-               (slice(i, i + 1) for i in range(n)))
+            np.multiply(values, mask.numpy(), out=sparse)
+            np.copyto(wide, sparse)
+            sparse_norm = torch.linalg.vector_norm(torch.from_numpy(wide))
+        positive = np.count_nonzero(np.greater(sparse, 0, out=signs))
+        negative = np.count_nonzero(np.less(sparse, 0, out=signs))
+        self._free.put(buffers)
+        return norm, sparse_norm, positive, negative
 
 
 def positive_direction_purity(x: torch.Tensor) -> torch.Tensor:
     """PDP (Definition 2, eq. 1) of each row of ``x`` [n, m] -> float64 [n]:
     ``(1 + sum sgn(x) / sum |sgn(x)|) / 2``; 0.5 for an all-zero row."""
-    pos = torch.count_nonzero(x > 0, dim=1).double()
-    neg = torch.count_nonzero(x < 0, dim=1).double()
+    return _purity(torch.count_nonzero(x > 0, dim=1), torch.count_nonzero(x < 0, dim=1))
+
+
+def _purity(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """PDP (eq. 1) from the numbers of positive and negative entries (integer tensors) -> float64."""
+    pos, neg = positive.double(), negative.double()
     signed = pos + neg
     ratio = (pos - neg) / signed.clamp(min=1.0)
     return torch.where(signed > 0, 0.5 * (1.0 + ratio), torch.full_like(ratio, 0.5))
@@ -249,6 +347,7 @@ class LASA(Aggregator[LASAParams]):
         # Top-k over the weight tensors of each client taken together (Definition 1), all clients at once.
         size = sum(layer.numel for layer in weight_layers)
         k = top_k_count(p.sparsity, size)
+        numpy_rows = updates.device.type == "cpu" and updates.dtype in (torch.float16, torch.float32, torch.float64)
         segments: dict[int, slice] = {}  # layout offset -> columns of the weight block
         mask = None
         if 0 < k < size:
@@ -257,30 +356,67 @@ class LASA(Aggregator[LASAParams]):
                 segments[layer.offset] = slice(start, start + layer.numel)
                 start += layer.numel
             mask = torch.empty(n, size, dtype=torch.bool, device=updates.device)
-            _fill_top_k(mask, lambda i: torch.cat([updates[i, layer.slice] for layer in weight_layers]).abs(), k)
 
-        def sparsified(layer: Layer, rows: slice, columns: slice) -> torch.Tensor:
-            """Rows ``rows`` and the layer's columns ``columns`` (relative to the layer) of Top_k(Delta)."""
+        def sparsified(layer: Layer, rows: slice, columns: slice, out: torch.Tensor | None = None) -> torch.Tensor:
+            """Rows ``rows`` and the layer's columns ``columns`` (relative to the layer) of Top_k(Delta), written
+            into ``out`` (a flat buffer) when given."""
             block = updates[rows, layer.offset + columns.start : layer.offset + columns.stop]
             if layer.offset not in segments:
                 return block
             segment = segments[layer.offset].start
-            return block * mask[rows, segment + columns.start : segment + columns.stop]
+            kept = mask[rows, segment + columns.start : segment + columns.stop]
+            if out is None:
+                return block * kept
+            out = out[: block.numel()].view(block.shape)
+            if not numpy_rows:
+                return torch.mul(block, kept, out=out)
+            values, flags, target = block.numpy(), kept.numpy(), out.numpy()  # numpy's is 3x faster here
+            on_threads(lambda part: np.multiply(values[part], flags[part], out=target[part]),
+                       (slice(start, start + 8) for start in range(0, block.shape[0], 8)))
+            return out
 
-        # Per-layer statistics on the unclipped sparsified update (Alg. 1 lines 6-7), and the parameter norms;
-        # a whole row at a time (each row's sums as over the whole layer), a few rows at once.
+        # Per-layer statistics on the unclipped sparsified update (Alg. 1 lines 6-7), and the parameter norms,
+        # each over a whole row of the layer.
         num = len(layers)
         norms = torch.empty(n, num, dtype=torch.float64, device=updates.device)
         pdps = torch.empty(n, num, dtype=torch.float64, device=updates.device)
-        param_sq = torch.zeros(n, dtype=torch.float64, device=updates.device)
-        for j, layer in enumerate(layers):
+        layer_norms = torch.zeros(n, num, dtype=torch.float64, device=updates.device)  # parameters' (buffers: 0)
+        row_wise = [j for j, layer in enumerate(layers) if numpy_rows and layer.numel >= ROW_WISE_FROM]
+        if numpy_rows:
+            # a client at a time on torch's threads: Top-k, then its large layers' statistics
+            work = _RowWork(max([size, *(layers[j].numel for j in row_wise)]), updates.dtype)
+            counts = torch.zeros(2, n, num, dtype=torch.long)
+
+            def client(i: int) -> None:
+                if mask is not None:
+                    work.top_k(mask[i], [updates[i, layer.slice] for layer in weight_layers], k)
+                for j in row_wise:
+                    layer, segment = layers[j], segments.get(layers[j].offset)
+                    norm, norms[i, j], counts[0, i, j], counts[1, i, j] = work.statistics(
+                        updates[i, layer.slice], None if segment is None else mask[i, segment])
+                    if layer.kind != "buffer":
+                        layer_norms[i, j] = norm
+
+            on_threads(lambda rows: [client(i) for i in range(rows.start, rows.stop)],
+                       (slice(i, i + 1) for i in range(n)))
+            pdps[:, row_wise] = _purity(counts[0, :, row_wise], counts[1, :, row_wise])
+        elif mask is not None:
+            for i in range(n):
+                _top_k_row(mask[i], torch.cat([updates[i, layer.slice] for layer in weight_layers]).abs(), k)
+        for j, layer in enumerate(layers):  # the other layers: vectorised over blocks of rows
+            if j in row_wise:
+                continue
             for rows in _row_blocks(n, layer.numel):  # float64 norms upcast their input: a block at a time
                 if layer.kind != "buffer":
-                    param_sq[rows] += torch.linalg.vector_norm(
-                        updates[rows, layer.slice], dim=1, dtype=torch.float64).square()
+                    layer_norms[rows, j] = torch.linalg.vector_norm(
+                        updates[rows, layer.slice], dim=1, dtype=torch.float64)
                 block = sparsified(layer, rows, slice(0, layer.numel))
                 norms[rows, j] = torch.linalg.vector_norm(block, dim=1, dtype=torch.float64)
                 pdps[rows, j] = positive_direction_purity(block)
+        param_sq = torch.zeros(n, dtype=torch.float64, device=updates.device)
+        for j, layer in enumerate(layers):  # summed layer by layer
+            if layer.kind != "buffer":
+                param_sq += layer_norms[:, j].square()
 
         # Median-norm clipping (reference code): s_i = min(1, M / ||Delta_i||), parameters only.
         param_norms = param_sq.sqrt()
@@ -300,11 +436,14 @@ class LASA(Aggregator[LASAParams]):
         out = torch.empty(d, dtype=updates.dtype, device=updates.device)
         if ctx.layers:
             out.zero_()  # coordinates outside the layout (none in a model layout) stay 0
+        chunks = [list(coordinate_chunks(layer.numel, n)) for layer in layers]
+        scratch = torch.empty(n * max((c.stop - c.start for cs in chunks for c in cs), default=0),
+                              dtype=updates.dtype, device=updates.device)  # a block's sparsified values
         for j, layer in enumerate(layers):
             coef = (share[:, j] if layer.kind == "buffer" else share[:, j] * scales).to(updates.dtype)
-            for columns in coordinate_chunks(layer.numel, n):  # each coordinate's sum over the clients as whole
+            for columns in chunks[j]:  # each coordinate's sum over the clients as whole
                 out[layer.offset + columns.start : layer.offset + columns.stop] = weighted_rows(
-                    coef, sparsified(layer, slice(0, n), columns))
+                    coef, sparsified(layer, slice(0, n), columns, scratch))
 
         kept_count = kept.sum(dim=1)
         kept_share = kept_count.double() / num

@@ -121,20 +121,50 @@ def trimmed_mean(rows: torch.Tensor, k: int) -> torch.Tensor:
     return mean_rows(sorted_columns(rows)[k : n - k])
 
 
+SLOPE_COORDINATES = 64
+"""Coordinates per block of :func:`repeated_median_slopes` on the CPU: a block's K x K slopes (2.6 MB for K =
+100 in float32) stay in the cache from their computation to their selection."""
+
+
 def repeated_median_slopes(z: torch.Tensor) -> torch.Tensor:
     """The inner medians of the repeated-median slope (Siegel, Biometrika 1982; eq. 1 of Fu et al.,
     "Attack-Resistant Federated Learning with Residual-based Reweighting"): ``m_i = med_{j != i} (z_j - z_i) /
-    (j - i)`` [c, K] for values ``z`` [c, K] sorted along the last dimension (x = rank = 0..K-1, K >= 2).
+    (j - i)`` [c, K] for finite values ``z`` [c, K] sorted along the last dimension (x = rank = 0..K-1, K >= 2).
 
-    Memory: two [c, K, K] tensors."""
+    On the CPU, blocks of :data:`SLOPE_COORDINATES` coordinates on torch's threads (numpy releases the GIL): a
+    block's [b, K, K] slopes are computed and selected while in the cache, the diagonal left in place as
+    0 / 0 = NaN, which numpy's selection orders after every number, so selecting the K - 1 off-diagonal
+    slopes' middle values among the K entries finds them (the same values as :func:`median_last` of the
+    off-diagonal slopes, 4x faster than copying those out). Elsewhere: two [c, K, K] tensors and a sort."""
     c, k = z.shape
     x = torch.arange(k, device=z.device, dtype=z.dtype)
-    rise = z.unsqueeze(1) - z.unsqueeze(2)  # [c, K, K]: y_j - y_i at [:, i, j]
-    run = x.unsqueeze(0) - x.unsqueeze(1)  # x_j - x_i
-    # Off the diagonal, row by row: after the first entry, the diagonal is the last of every K + 1 entries.
-    slopes = rise.view(c, k * k)[:, 1:].view(c, k - 1, k + 1)[:, :, :k].reshape(c, k, k - 1)
-    slopes.div_(run.view(k * k)[1:].view(k - 1, k + 1)[:, :k].reshape(k, k - 1))  # never 0: ranks are distinct
-    return median_last(slopes, scratch=True)
+    run = x.unsqueeze(0) - x.unsqueeze(1)  # x_j - x_i at [i, j]
+    if z.device.type != "cpu" or z.requires_grad:
+        rise = z.unsqueeze(1) - z.unsqueeze(2)  # [c, K, K]: y_j - y_i at [:, i, j]
+        # Off the diagonal, row by row: after the first entry, the diagonal is the last of every K + 1 entries.
+        slopes = rise.view(c, k * k)[:, 1:].view(c, k - 1, k + 1)[:, :, :k].reshape(c, k, k - 1)
+        slopes.div_(run.view(k * k)[1:].view(k - 1, k + 1)[:, :k].reshape(k, k - 1))  # never 0: ranks are distinct
+        return median_last(slopes, scratch=True)
+    values, run = z.numpy(), run.numpy()
+    middle = (k - 1) // 2  # the upper middle one of the K - 1 slopes
+    upper = torch.empty(c, k, dtype=z.dtype)
+    lower = torch.empty_like(upper) if k % 2 else upper  # an even count K - 1: the mean of two
+    upper_np, lower_np = upper.numpy(), lower.numpy()
+
+    def select(rows: slice) -> None:
+        block = values[rows]
+        slopes = np.empty((block.shape[0], k, k), dtype=values.dtype)
+        with np.errstate(invalid="ignore", over="ignore"):  # the diagonal's 0 / 0; differences past the largest
+            np.subtract(block[:, None, :], block[:, :, None], out=slopes)
+            np.divide(slopes, run, out=slopes)
+        flat = slopes.reshape(-1, k)
+        flat.partition(middle, axis=1)
+        upper_np[rows] = flat[:, middle].reshape(-1, k)
+        if k % 2:
+            lower_np[rows] = flat[:, :middle].max(axis=1).reshape(-1, k)
+
+    on_threads(select, (slice(start, start + SLOPE_COORDINATES) for start in range(0, c, SLOPE_COORDINATES)))
+    return upper if k % 2 == 0 else _mean_of_middles(lower, upper)
 
 
 def lines_at_centre(z: torch.Tensor, slopes: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:

@@ -100,8 +100,11 @@ Memory and speed: per coordinate the repeated median needs K (K - 1) slopes (The
 coordinates are processed ``chunk_size`` at a time (default: as many as fit in 2**24 work elements, the slopes
 plus about 16 per-client work tensors, as the ``repeated_median`` rule sizes its slopes). Everything is
 vectorised over the chunk's coordinates in torch, on the updates' device (half precision is computed in
-float32). The corrected values are kept sparsely (index and offset of
-each corrected entry), since the weights that multiply them are known only after the last chunk.
+float32), except the repeated median's slopes on the CPU: those are computed and selected a few coordinates
+at a time while in the cache, on torch's threads (:func:`numerics.repeated_median_slopes`, 4x faster), so a
+chunk's slopes never exist at once; the chunk size stays what it was, since eq. 10 sums over a chunk's
+coordinates in float32. The corrected values are kept sparsely (index and offset of each corrected entry),
+since the weights that multiply them are known only after the last chunk.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ PDP / MZ-score edge cases, buffers, fallback, invariants."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,6 +137,26 @@ def test_top_k_mask_by_selection_is_the_mask_of_torch_topk(case):
         idx = torch.topk(values.abs(), size - k, dim=1, largest=False, sorted=False).indices
         expected = torch.ones(n, size, dtype=torch.bool).scatter_(1, idx, False)
     assert torch.equal(lasa.top_k_mask(values, k), expected)
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_row_statistics_are_the_norms_and_sign_counts_of_the_sparsified_row(case):
+    """Issue 13: a client's layer statistics on the CPU (numpy in reused work rows) are bit for bit the float64
+    norms of the row and of its sparsified row as the row blocks of other devices compute them, and the
+    sparsified row's numbers of positive and negative entries; the work rows are wider than the layer and
+    reused (two calls)."""
+    g = torch.Generator().manual_seed(case)
+    size = int(torch.randint(1, 5000, (1,), generator=g))
+    x = torch.randn(size, generator=g, dtype=(torch.float32, torch.float64, torch.float16)[case % 3])
+    x[torch.rand(size, generator=g) < 0.2] = 0.0
+    mask = None if case % 4 == 0 else torch.rand(size, generator=g) < 0.7
+    work = lasa._RowWork(size + 3, x.dtype)
+    sparse = x if mask is None else x * mask
+    for _ in range(2):
+        norm, sparse_norm, positive, negative = work.statistics(x, mask)
+        assert torch.equal(norm, torch.linalg.vector_norm(x.unsqueeze(0), dim=1, dtype=torch.float64)[0])
+        assert torch.equal(sparse_norm, torch.linalg.vector_norm(sparse.unsqueeze(0), dim=1, dtype=torch.float64)[0])
+        assert (positive, negative) == (int((sparse > 0).sum()), int((sparse < 0).sum()))
 
 
 def test_top_k_runs_over_all_weight_tensors_jointly_and_1d_stays_dense():
@@ -304,3 +325,50 @@ def test_parameters_defaults_and_validation():
 def test_layout_must_cover_the_update():
     with pytest.raises(ValueError, match="layout covers 6 coordinates, the updates have 7"):
         build("lasa")(torch.ones(3, 7), _ctx(TWO_LAYERS))
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_select_is_the_value_of_a_partition(case, monkeypatch):
+    """Issue 13: selection through a sample's bracket gives np.partition's value (NaN last) on random values,
+    ties, values on a coarse grid, infinities, NaN, a bracket that misses (strided pattern) and small arrays."""
+    monkeypatch.setattr(lasa, "SAMPLE_FROM", 1000)
+    monkeypatch.setattr(lasa, "SAMPLE_STRIDE", 7)
+    rng = np.random.default_rng(case)
+    size = int(rng.integers(1, 5000))
+    values = rng.standard_normal(size).astype((np.float32, np.float64)[case % 2])
+    if case % 4 == 1:
+        values = np.round(values * 2) / 2  # ties
+    if case % 5 == 2 and size > 3:
+        values[:3] = [np.inf, -np.inf, np.nan]
+    if case % 6 == 3:
+        values = np.tile(np.arange(7.0), size // 7 + 1)[:size].astype(values.dtype)  # the sample sees one value
+        values[::7] = 100.0
+    for rank in {0, size // 3, size // 2, size - 1}:
+        work = values.copy()
+        above, outside = np.empty(size, bool), np.empty(size, bool)
+        value, reordered = lasa.select(work, rank, above, outside)
+        expected = np.partition(values, rank)[rank]
+        assert (value == expected) or (np.isnan(value) and np.isnan(expected))
+        if not reordered:
+            assert np.array_equal(work, values, equal_nan=True)
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_statistics_a_client_at_a_time_equal_the_blocks_of_rows(grid, monkeypatch):
+    """Issue 13: the CPU's per-client statistics (every layer; ROW_WISE_FROM = 1) give bit for bit what the
+    blocks of rows give (no layer; the path of small layers and other devices), ties at the Top-k threshold
+    and buffers included."""
+    g = torch.Generator().manual_seed(3)
+    layers = (Layer("w1", (40, 5), 0, "weight"), Layer("b1", (5,), 200, "bias"), Layer("w2", (5, 12), 205, "weight"),
+              Layer("bn.running_var", (12,), 265, "buffer"), Layer("w3", (30,), 277, "weight"))
+    u = 0.01 * torch.randn(9, 307, generator=g) + 0.05 * torch.randn(307, generator=g)
+    u[:2] *= -10
+    if grid:
+        u = (u * 100).round() / 100
+    results = []
+    for row_wise_from in (1, 10**9):
+        monkeypatch.setattr(lasa, "ROW_WISE_FROM", row_wise_from)
+        results.append(build("lasa")(u.clone(), _ctx(layers)))
+    a, b = results
+    assert torch.equal(a.update, b.update) and torch.equal(a.weights, b.weights)
+    assert torch.equal(a.accepted, b.accepted) and a.info == b.info

@@ -79,6 +79,30 @@ def test_repeated_median_inner_slopes_by_hand():
     assert inner.tolist() == [[1.25, 1.5, 1.75], [0.0, 0.0, 0.0]]
 
 
+@pytest.mark.parametrize("case", range(24))
+def test_repeated_median_slopes_are_bitwise_the_medians_of_the_sorted_off_diagonal_slopes(case, monkeypatch):
+    """Issue 13: the CPU's blocked selection (the diagonal left in as NaN) equals, bit for bit, the definition:
+    each row's K - 1 slopes sorted, their median taken; odd and even K, ties, float64, slopes that overflow
+    to +-inf (and medians of +inf and -inf: NaN), several blocks."""
+    monkeypatch.setattr(numerics, "SLOPE_COORDINATES", 7)  # several blocks, and a short last one
+    g = torch.Generator().manual_seed(case)
+    c, k = int(torch.randint(0, 40, (1,), generator=g)), int(torch.randint(2, 14, (1,), generator=g))
+    z = torch.randn(c, k, generator=g, dtype=(torch.float32, torch.float64)[case % 2])
+    if case % 3 == 0:
+        z = z.round()  # ties: zero slopes
+    if case % 4 == 1:
+        z = z * torch.finfo(z.dtype).max / 3  # differences past the largest value: infinite slopes
+    z = torch.sort(z, dim=-1).values
+    x = torch.arange(k, dtype=z.dtype)
+    expected = torch.empty(c, k, dtype=z.dtype)
+    for i in range(k):
+        others = [j for j in range(k) if j != i]
+        slopes = (z[:, others] - z[:, i : i + 1]) / (x[others] - i)
+        expected[:, i] = numerics.sorted_median(torch.sort(slopes, dim=-1).values, dim=-1)
+    # equal values (0.0 and -0.0 are: selected and sorted, they may come in either order); NaN = inf - inf
+    torch.testing.assert_close(numerics.repeated_median_slopes(z), expected, rtol=0, atol=0, equal_nan=True)
+
+
 # --------------------------------------------------------------------------------- distances and Krum
 
 POINTS = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]], dtype=torch.float64)
