@@ -1,8 +1,9 @@
 """LASA, Layer-Adaptive Sparsified model Aggregation (Xu, Zhang & Hu, "Achieving Byzantine-Resilient Federated
-Learning via Layer-Adaptive Sparsified Model Aggregation", 2024; authors' code: github.com/JiahaoXU/LASA).
+Learning via Layer-Adaptive Sparsified Model Aggregation", 2024).
 
-"Reference code" below is the public implementation we could read, the LASA aggregator of the FLPoison
-benchmark (the authors' repository itself was not available here); it is stated where it differs.
+Two public implementations are named below where they differ from the paper or from each other: FLPoison's
+LASA aggregator (vio1etus/FLPoison, ``aggregators/lasa.py``; "FLPoison") and the authors' code
+(JiiahaoXU/LASA, ``algorithms/defense/lasa.py`` with ``utils/mask_help.py``; "the authors' code").
 
 Algorithm 1 of the paper, per round, on the n updates Delta_i:
 
@@ -17,41 +18,47 @@ Algorithm 1 of the paper, per round, on the n updates Delta_i:
 
 Choices and precisions (all stated in the parameter descriptions too):
 
-* Median-norm clipping (``norm_clip``, default on): not in Algorithm 1, but the reference code clips every
-  update to the median L2 norm of the round, ``Delta_i <- Delta_i min(1, M / ||Delta_i||)``. The clip factor
-  is a positive per-client scalar, so it changes neither the Top-k mask nor the PDP; we compute the filter's
-  statistics on the *unclipped* ``Top_k(Delta_i)`` exactly as Algorithm 1 lines 6-7 (and the reference code)
-  do, and average the clipped sparsified layers ``s_i Top_k(Delta_i)^l`` (line 15 with the clip; the
-  reference code averages the clipped *dense* layers, sparsification then only feeding the filter, which
-  departs from line 15). Computing the magnitudes after clipping would hide the very norm outliers the
-  magnitude filter is there to catch (the paper's "Ma" component, Table 3). M is the median of the n
-  parameter norms (mean of the two middle ones for even n, numpy's median as in the reference code).
+* Median-norm clipping (``norm_clip``, default on): not in Algorithm 1, but both codes clip every update to
+  the median L2 norm of the round, ``Delta_i <- Delta_i min(1, M / ||Delta_i||)``. The clip factor is a
+  positive per-client scalar, so it changes neither the Top-k mask nor the PDP. We compute the filter's
+  statistics on the *unclipped* ``Top_k(Delta_i)`` exactly as Algorithm 1 lines 6-7 (and FLPoison) do, and
+  average the clipped sparsified layers ``s_i Top_k(Delta_i)^l`` (line 15 with the clip, as the authors'
+  code does; FLPoison averages the clipped *dense* layers, sparsification then only feeding the filter,
+  which departs from line 15). The authors' code writes the clipped vectors into the very dictionaries it
+  then sparsifies and filters, so its magnitudes are those of the *clipped* updates: every norm above the
+  median reads as the median, which hides the norm outliers the magnitude filter is there to catch (the
+  paper's "Ma" component, Table 3). M is the median of the n parameter norms: the mean of the two middle
+  ones for even n (numpy's median, as FLPoison); the authors' code takes torch's median, the lower one.
 * Top-k (Definition 1) runs over all weight tensors of the update taken together (layout kind ``weight``:
-  ndim >= 2, i.e. conv / linear / embedding / LSTM matrices), as the reference code does; it keeps exactly
-  ``k = ceil((1 - SL) * D)`` entries per client, D = number of weight coordinates (the paper's
-  SL = 1 - k/d, §5 / App. 7.2; the reference code rounds k down and keeps only the entries strictly above
-  the k-th largest magnitude, i.e. at most k - 1).
+  ndim >= 2, i.e. conv / linear / embedding / LSTM matrices), as both codes do (4-D and 2-D tensors); it keeps
+  exactly ``k = ceil((1 - SL) * D)`` entries per client, D = number of weight coordinates (the paper's
+  SL = 1 - k/d, §5 / App. 7.2; both codes round k down and keep only the entries strictly above the k-th
+  largest magnitude, i.e. at most k - 1).
   Ties at the k-th magnitude are broken by ``torch.topk``. 1-D parameters (biases, norm scales) stay dense.
 * Buffers (BatchNorm running statistics, layout kind ``buffer``): dense like 1-D tensors, and filtered per
-  layer like every other tensor (the reference code runs the same filter on running_mean / running_var). They
+  layer like every other tensor (both codes run the same filter on running_mean / running_var). They
   are neither counted in the clipping norm nor scaled by the clip factor: they are not gradient steps,
   their scale is unrelated to the parameters' (an early running_var delta can dwarf the whole gradient and
   would then decide every client's clip factor), and a rescaled running-mean delta is a statistic no client
   computed. Filtering them matters: a poisoned running_var reaches the model unchanged by any
-  parameter-space defense. Integer buffers (num_batches_tracked, which the reference code skips) are
+  parameter-space defense. Integer buffers (num_batches_tracked, which both codes skip) are
   filtered the same way; honest clients that ran the same number of steps agree on them exactly (std 0).
   Without a layout (``ctx.layers`` empty) the whole vector is one weight layer.
-* A layer is one tensor of the layout (the reference code's state_dict keys).
+* A layer is one tensor of the layout (the codes' state_dict keys).
 * PDP (eq. 1) counts signs only, ``rho = (1 + (P - N) / (P + N)) / 2`` with P / N the numbers of positive /
   negative entries; an all-zero layer (P + N = 0) has rho = 0.5, the neutral value (eq. 1 is 0/0 there).
-  The reference code uses ``0.5 (P - N)/(P + N) (1 - SL)``, a positive affine map of rho: same MZ-scores.
+  FLPoison uses ``0.5 (P - N)/(P + N) (1 - SL)`` and the authors' code ``0.5 (1 + (P - N)/(P + N) (1 - SL))``,
+  positive affine maps of rho: the same MZ-scores.
 * MZ-score (eq. 2): median (mean of the two middle values for even n) and the population standard deviation
-  (numpy's default, as in the reference code); MZ = 0 when the standard deviation is 0 (all values equal:
-  nobody is an outlier). Bounds are inclusive (``<=``, Algorithm 1 line 11; the reference code uses ``<``).
+  (numpy's, as in both codes); MZ = 0 when the standard deviation is 0 (all values equal: nobody is an
+  outlier). Bounds are inclusive (``<=``, Algorithm 1 line 11; both codes use ``<``),
+  up to a relative :data:`MZ_TOLERANCE`: a client exactly on the radius in exact arithmetic stays, whatever
+  float64 rounding makes of it (two groups of three equal rows have MZ = ±1, computed as 0.9999999999999983
+  and 1.0000000000000016, which a bare ``<= 1`` would split).
   Note that with n = 3 some client always has |MZ| >= sqrt(3/2) = 1.22 unless all three values are equal,
   so with the default radius 1 every layer drops at least one of three clients.
 * An empty benign set (possible: the magnitude and direction filters can reject complementary clients) falls
-  back to all clients, as in the reference code; ``info["fallback_layers"]`` counts such layers, and the
+  back to all clients, as in both codes; ``info["fallback_layers"]`` counts such layers, and the
   clients then count as kept in that layer (they are what was averaged).
 
 Outputs: ``accepted`` = kept in at least half of the layers; ``weights`` = each client's share of the kept
@@ -280,6 +287,15 @@ def _purity(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return torch.where(signed > 0, 0.5 * (1.0 + ratio), torch.full_like(ratio, 0.5))
 
 
+MZ_TOLERANCE = 1e-9
+"""Relative slack of the MZ radii: far above float64 rounding (~1e-15), far below any score's meaning."""
+
+
+def within(scores: torch.Tensor, radius: float) -> torch.Tensor:
+    """``|scores| <= radius`` (Alg. 1 line 11), a score on the radius up to rounding counting as on it."""
+    return scores.abs() <= radius * (1 + MZ_TOLERANCE)
+
+
 def mz_scores(values: torch.Tensor) -> torch.Tensor:
     """MZ-scores (Definition 3, eq. 2) down dim 0 of ``values`` [n, L]: ``(x - median) / std`` with the
     population std and the mean of the two middle values as the median for even n; 0 where std is 0."""
@@ -309,7 +325,7 @@ class LASA(Aggregator[LASAParams]):
     """LASA (Xu, Zhang & Hu 2024, Algorithm 1): per-client Top-k sparsification of the weight tensors
     (Definition 1), then per layer a magnitude (L2 norm) and direction (PDP, eq. 1) filter by MZ-score (eq. 2)
     with radii lambda_m / lambda_d, and the mean of the kept clients' sparsified layers; updates clipped to
-    the round's median norm first (reference code). See the module docstring for every choice.
+    the round's median norm first (both public codes). See the module docstring for every choice.
 
     Hostile rows (``tolerated_rows``: fewer than half). Norms and MZ-scores are float64, so rows up to
     float32's largest value neither overflow nor hide each other's statistics; with fewer than n/2 hostile
@@ -418,7 +434,7 @@ class LASA(Aggregator[LASAParams]):
             if layer.kind != "buffer":
                 param_sq += layer_norms[:, j].square()
 
-        # Median-norm clipping (reference code): s_i = min(1, M / ||Delta_i||), parameters only.
+        # Median-norm clipping (both public codes): s_i = min(1, M / ||Delta_i||), parameters only.
         param_norms = param_sq.sqrt()
         median_norm = torch.quantile(param_norms, 0.5)
         scales = torch.ones_like(param_norms)
@@ -427,7 +443,7 @@ class LASA(Aggregator[LASAParams]):
             scales[over] = median_norm / param_norms[over]
 
         # Layer-wise filter (Alg. 1 lines 8-14), eq. 2; an empty set falls back to all clients.
-        kept = (mz_scores(norms).abs() <= p.lambda_m) & (mz_scores(pdps).abs() <= p.lambda_d)
+        kept = within(mz_scores(norms), p.lambda_m) & within(mz_scores(pdps), p.lambda_d)
         fallback = ~kept.any(dim=0)
         kept[:, fallback] = True
         share = kept.double() / kept.sum(dim=0, keepdim=True)  # [n, L]: 1/|S^l| on S^l

@@ -214,6 +214,18 @@ def test_zero_std_means_every_client_kept_even_with_zero_radii():
     assert torch.allclose(result.update, updates.mean(dim=0))
 
 
+def test_clients_exactly_on_the_radius_stay_whatever_the_rounding():
+    """Three clients of norm 0.07 and three of 0.51: median 0.29, population std 0.22, so MZ = ±1 exactly,
+    computed as -1 and 1.0000000000000002; with lambda_m = 1 all six lie on the radius and stay (a bare
+    ``<= 1`` dropped the second three). Equal PDPs: the direction filter keeps everyone."""
+    updates = torch.tensor([[0.07, 0.0]] * 3 + [[0.51, 0.0]] * 3)
+    norms = torch.linalg.vector_norm(updates.double(), dim=1, keepdim=True)
+    assert lasa.mz_scores(norms).abs().max() > 1  # the rounding this test is about
+    result = build("lasa", lambda_m=1.0, sparsity=0.0, norm_clip=False)(updates, _ctx())
+    assert result.accepted.all() and result.info["fallback_layers"] == 0
+    assert not lasa.within(torch.tensor([1.0 + 1e-6]), 1.0).any()  # a real excess is still one
+
+
 # ------------------------------------------------------------------------------------------------ fallback
 @pytest.mark.parametrize("norm_clip, expected", [(False, [1.0, -1.0]), (True, [1 / 3, -1 / 3])])
 def test_empty_kept_set_falls_back_to_all_clients(norm_clip, expected):
