@@ -23,7 +23,7 @@ Min-Sum, AGR-tailored trimmed mean); Xu et al. (SignGuard, ByzMean); Xie et al.,
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -49,13 +49,36 @@ def _reference(own: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 Variant = Literal["paper", "lasa_code"]
+CodeVariant = Literal["paper", "lasa_code", "sdea_code"]
 LASA_CODE = (
     "lasa_code: the LASA authors' released code (JiiahaoXU/LASA, algorithms/attack/), which takes every statistic "
     "from the attackers' own updates only, whatever the attacker knows"
 )
+SDEA_CODE = (
+    "sdea_code: the SDEA authors' MarsFL code (WenkeHuang/MarsFL, Attack/byzantine/utils.py), which writes the "
+    "crafted update as the malicious model's weights, so the attacker's update is that vector minus the global model"
+)
 
 
-def _seen(own: torch.Tensor, reference: torch.Tensor, variant: Variant) -> torch.Tensor:
+def _written_as_weights(vector: torch.Tensor, own: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+    """The f rows of attackers whose model parameters were overwritten by ``vector`` [d], a crafted *update*
+    (the MarsFL code's ``row_into_parameters(mal_update, net.parameters())``): ``vector - global`` on the
+    parameters' coordinates; buffers, which that code does not write, keep each attacker's own update.
+    (With buffers between parameters, the code fills the parameters from the start of a vector in
+    state_dict order, which shifts them; byzlab gives every parameter its own coordinates.)"""
+    if ctx.global_params is None:
+        raise ValueError("variant 'sdea_code' needs the global model (AttackContext.global_params)")
+    rows = own.clone()
+    written = vector.to(own) - ctx.global_params.to(own)
+    for layer in ctx.layers or ():
+        if layer.kind != "buffer":
+            rows[:, layer.slice] = written[layer.slice]
+    if not ctx.layers:
+        rows[:] = written
+    return rows
+
+
+def _seen(own: torch.Tensor, reference: torch.Tensor, variant: str) -> torch.Tensor:
     """The rows an attack takes its statistics from: the reference (:func:`_reference`) as the papers write
     it, or the attackers' own updates as the LASA authors' code does (``variant: lasa_code``)."""
     return own if variant == "lasa_code" else _reference(own, reference)
@@ -303,8 +326,9 @@ class LieParams(AttackParams):
         description="the number of standard deviations; None = Baruch et al.'s z_max = Phi^-1((n - s)/n) with "
         "s = floor(n/2 + 1) - f (LASA App. 7.3 fixes z = 0.5 instead); with variant lasa_code, None = 0.5",
     )
-    variant: Variant = Field("paper", description=f"paper: LASA App. 7.3 / Baruch et al. as written; {LASA_CODE} "
-                             "(lie.py, lie_attack), with z = 0.5 unless given")
+    variant: CodeVariant = Field(
+        "paper", description=f"paper: LASA App. 7.3 / Baruch et al. as written; {LASA_CODE} (lie.py, lie_attack), "
+        f"with z = 0.5 unless given; {SDEA_CODE}, with mu + z sigma and z = exp(-s^2) sqrt(2 pi) / 2 unless given")
 
 
 @register
@@ -327,6 +351,11 @@ class LieAttack(ModelAttack[LieParams]):
     ``lie_attack``): μ and σ are those of the attackers' own f updates, whatever the attacker knows, and
     z = 0.5 unless given. With one attacker that code's ``torch.std`` is NaN and so is what it sends; here
     σ = 0 and the attacker sends its own update.
+
+    ``variant: sdea_code`` is the SDEA authors' MarsFL code (WenkeHuang/MarsFL, ``Attack/byzantine/utils.py``,
+    ``lie_attack``): μ and σ of the benign updates (as written), the vector μ **+** zσ with
+    z = exp(-s²) / (2 / sqrt(2π)), s = ⌊n/2⌋ + 1 - f (not Φ⁻¹) unless z is given, written as the malicious
+    model's weights (:func:`_written_as_weights`).
     """
 
     name = "lie"
@@ -343,11 +372,19 @@ class LieAttack(ModelAttack[LieParams]):
 
         return float(norm.ppf((n - s) / n))
 
+    @staticmethod
+    def sdea_code_z(n: int, f: int) -> float:
+        """The MarsFL code's z = exp(-s²) / (2 / sqrt(2π)), s = n // 2 + 1 - f."""
+        s = n // 2 + 1 - f
+        return math.exp(-(s**2)) / (2 / math.sqrt(2 * math.pi))
+
     def z_for(self, ctx: AttackContext) -> float:
         if self.params.z is not None:
             return self.params.z
         if self.params.variant == "lasa_code":
             return LIE_CODE_Z
+        if self.params.variant == "sdea_code":
+            return self.sdea_code_z(ctx.num_clients, ctx.num_malicious)
         return self.derived_z(ctx.num_clients, ctx.num_malicious)
 
     def craft(self, own: torch.Tensor, reference: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
@@ -355,6 +392,8 @@ class LieAttack(ModelAttack[LieParams]):
         if f == 0:
             return _empty(own)
         ref = _seen(own, reference, self.params.variant)
+        if self.params.variant == "sdea_code":
+            return _written_as_weights(ref.mean(dim=0) + self.z_for(ctx) * _std(ref), own, ctx)
         return _repeat(ref.mean(dim=0) - self.z_for(ctx) * _std(ref), f)
 
 
@@ -376,11 +415,27 @@ class _DistanceParams(AttackParams):
         description="max: the papers' bound (max over benign updates); min: the stealthy variant bounded by the "
         "minimum over benign updates instead (LASA App. 7.3)",
     )
-    variant: Variant = Field("paper", description=f"paper: NDSS'21 / LASA App. 7.3 as written; {LASA_CODE} "
-                             "(agr.py: agrAgnosticMinMax, agrAgnosticMinSum, both bounded by the max)")
+    variant: CodeVariant = Field(
+        "paper", description=f"paper: NDSS'21 / LASA App. 7.3 as written; {LASA_CODE} (agr.py: agrAgnosticMinMax, "
+        f"agrAgnosticMinSum, both bounded by the max); {SDEA_CODE} (min_sum: with bound min, as that code)")
 
 
-class _DistanceAttack(ModelAttack[_DistanceParams]):
+class _MinSumParams(_DistanceParams):
+    """Min-Sum's parameters: the distance attacks', with the MarsFL code's bound required by its variant."""
+
+    @field_validator("variant")
+    @classmethod
+    def _code_bound(cls, value: str, info: ValidationInfo) -> str:
+        if value == "sdea_code" and info.data.get("bound") != "min":
+            raise ValueError("variant 'sdea_code' is the MarsFL code's Min-Sum, bounded by the smallest sum: "
+                             "set bound: min")
+        return value
+
+
+DistanceParams = TypeVar("DistanceParams", bound=_DistanceParams)
+
+
+class _DistanceAttack(ModelAttack[DistanceParams]):
     """Shared machinery of Min-Max and Min-Sum (Shejwalkar & Houmansadr, NDSS'21, "AGR-agnostic attacks";
     SDEA Appendix D.2, eqs. 10–11; LASA Appendix 7.3).
 
@@ -423,11 +478,13 @@ class _DistanceAttack(ModelAttack[_DistanceParams]):
         if f == 0:
             return _empty(own)
         vector, _ = self.craft_with_gamma(own, reference, ctx)
+        if self.params.variant == "sdea_code":
+            return _written_as_weights(vector, own, ctx)
         return _repeat(vector, f)
 
 
 @register
-class MinMaxAttack(_DistanceAttack):
+class MinMaxAttack(_DistanceAttack[_DistanceParams]):
     """Min-Max (NDSS'21 "Min-Max"; SDEA Appendix D.2, eq. 10; LASA Appendix 7.3):
 
         argmax_γ  max_{i} ||∇m - ∇_i||  ≤  max_{i,j} ||∇_i - ∇_j||,   ∇m = mean + γ∇p,
@@ -452,7 +509,7 @@ class MinMaxAttack(_DistanceAttack):
 
 
 @register
-class MinSumAttack(_DistanceAttack):
+class MinSumAttack(_DistanceAttack[_MinSumParams]):
     """Min-Sum (NDSS'21 "Min-Sum"; SDEA Appendix D.2, eq. 11; LASA Appendix 7.3):
 
         argmax_γ  Σ_i ||∇m - ∇_i||²  ≤  max_i Σ_j ||∇_i - ∇_j||²,   ∇m = mean + γ∇p,
@@ -462,9 +519,14 @@ class MinSumAttack(_DistanceAttack):
     the NDSS'21 authors' released code does). With centred rows Σ_i x_i = 0, so the left side is
     Σ_i ||x_i||² + m γ² ||∇p||² and the search converges to sqrt((bound - Σ_i ||x_i||²) / (m ||∇p||²)) (0 when
     the bound is below Σ_i ||x_i||²).
+
+    ``variant: sdea_code`` (with ``bound: min``, as the SDEA authors' MarsFL code bounds it) writes the vector
+    as the malicious model's weights (:func:`_written_as_weights`); Min-Max's ``sdea_code`` likewise, with
+    its max bound.
     """
 
     name = "min_sum"
+    Params = _MinSumParams
 
     def _bound_holds(self, a: torch.Tensor, b: torch.Tensor, c: float, d2: torch.Tensor) -> Callable[[float], bool]:
         scores = d2.sum(dim=1)

@@ -12,6 +12,8 @@ import torch
 from byzlab.attacks import model as model_attacks
 from byzlab import attacks
 from byzlab.attacks.base import AttackContext
+from byzlab.attacks.model import LieAttack
+from byzlab.orchestrator.core.layout import Layer
 from byzlab.attacks.registry import build
 from sorting_search import craft_by_sorting
 
@@ -283,6 +285,40 @@ def test_tailored_trmean_lasa_code_simulates_f_squared_over_n_copies_among_the_a
     assert attack.copies(3, ctx(5, 3)) == 1 and attack.copies(25, ctx(100, 25)) == 6
     assert torch.equal(attack.craft(SPREAD_OWN, FAR_BENIGN, ctx(5, 3)), torch.full((3, 1), -18.0))
     assert torch.equal(build("tailored_trmean").craft(SPREAD_OWN, FAR_BENIGN, ctx(5, 3)), torch.full((3, 1), 10.0))
+
+
+def test_lie_sdea_code_z_is_the_marsfl_formula():
+    """z = exp(-s²) / (2 / sqrt(2π)), s = n // 2 + 1 - f: s = 1 gives e^-1 · 1.2533141 = 0.4610685."""
+    assert LieAttack.sdea_code_z(5, 2) == pytest.approx(0.4610685, abs=1e-7)
+    assert LieAttack.sdea_code_z(10, 2) == pytest.approx(math.exp(-16) * math.sqrt(2 * math.pi) / 2, rel=1e-12)
+
+
+def test_lie_sdea_code_adds_z_sigma_and_is_written_as_the_models_weights():
+    """Benign [1, 2], [3, 2]: mean [2, 2], std [sqrt 2, 0]; n = 3, f = 1: s = 1, z = 0.4610685, vector
+    [2 + 0.4610685 · 1.4142136, 2] = [2.6520394, 2]. Written as the weights over a global model [10, 20], the
+    update is [-7.3479606, -18]; a buffer coordinate keeps the attacker's own update (5)."""
+    benign, own = torch.tensor([[1.0, 2.0], [3.0, 2.0]]), torch.tensor([[5.0, 5.0]])
+    global_params = torch.tensor([10.0, 20.0])
+    crafted = build("lie", variant="sdea_code").craft(own, benign, ctx(3, 1, global_params=global_params))
+    torch.testing.assert_close(crafted, torch.tensor([[-7.3479606, -18.0]]), rtol=0, atol=1e-5)
+    layers = (Layer("w", (1,), 0, "weight"), Layer("running_mean", (1,), 1, "buffer"))
+    with_buffer = build("lie", variant="sdea_code").craft(own, benign, ctx(3, 1, global_params=global_params,
+                                                                          layers=layers))
+    torch.testing.assert_close(with_buffer, torch.tensor([[-7.3479606, 5.0]]), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the global model"):
+        build("lie", variant="sdea_code").craft(own, benign, ctx(3, 1))
+
+
+def test_min_max_and_min_sum_sdea_code_write_the_papers_vector_as_weights():
+    benign, own = rows(6, 8, seed=21), rows(2, 8, seed=22)
+    global_params = rows(1, 8, seed=23)[0]
+    context = ctx(8, 2, global_params=global_params)
+    for name, bound in (("min_max", "max"), ("min_sum", "min")):
+        vector = build(name, bound=bound).craft(own, benign, context)[0]
+        crafted = build(name, bound=bound, variant="sdea_code").craft(own, benign, context)
+        assert torch.equal(crafted, torch.stack([vector - global_params] * 2))
+    with pytest.raises(ValueError, match="variant 'sdea_code' is the MarsFL code's Min-Sum, bounded by the smallest"):
+        build("min_sum", variant="sdea_code")
 
 
 # ------------------------------------------------------------------------------------------------ ByzMean
