@@ -11,7 +11,8 @@ actors, CPUs/GPUs, device, checkpointing, tracking) are ignored. Of the keys tha
 - the defense is ``server.aggregator`` plus the ``server.aggregator_params.*`` that vary among the records
   of that aggregator: ``lasa (sparsity=0.3)``, ``median``;
 - the attack is ``threat.attack`` plus the ``threat.attack_params.*`` that vary among the records of that
-  attack: ``sign_flip (scale=4)``;
+  attack: ``sign_flip (scale=4)``; an authors'-code variant is always named, so a table says which
+  definition a column used: ``lie (variant=lasa_code)``;
 - ``run.seed`` gives the replicates a cell averages over;
 - every other varying key forms the column group, labelled with short names (``partition.beta`` -> β,
   ``threat.fraction`` -> Φ, others by their last dotted component): ``β=0.3, Φ=0.2``. A key a record lacks
@@ -73,6 +74,7 @@ EXECUTION_KEYS = frozenset({
 })
 EXECUTION_PREFIXES = ("tracking.",)
 BASELINE_DEFENSE, NO_ATTACK = "fedavg", "none"  # listed first
+CODE_VARIANT = "_code"  # attack variants that follow a paper's released code (lasa_code, sdea_code)
 
 MISSING = "–"
 LATEX_NAMES = {"β": r"$\beta$", "Φ": r"$\Phi$"}
@@ -284,6 +286,10 @@ def _labels_of(records: list[TrialRecord], all_keys: list[str], name_key: str, p
         by_name[record.params[name_key]].append(record)
     param_keys = [k for k in all_keys if _in_section(k, params_section)]
     varying = {name: _varying(group, param_keys) for name, group in by_name.items()}
+    marked = f"{params_section}.variant"  # an authors'-code variant is named even where every record has it
+    for name, group in by_name.items():
+        if marked not in varying[name] and any((_value(r, marked) or "").endswith(CODE_VARIANT) for r in group):
+            varying[name] = [*varying[name], marked]
     labels = [
         Label(r.params[name_key], tuple((k, _value(r, k)) for k in varying[r.params[name_key]])) for r in records
     ]

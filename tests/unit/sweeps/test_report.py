@@ -416,3 +416,14 @@ def test_a_report_shows_the_metric_it_is_asked_for(records, tmp_path):
     assert "of the best evaluation (acc\\_best)" in (tmp_path / "table.tex").read_text()
     with pytest.raises(ValueError, match="report metric 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final"):
         build_grid(records, "accuracy")
+
+
+def test_an_authors_code_variant_is_named_in_the_attack_label_even_when_it_does_not_vary():
+    records = [
+        make_record({**make_params("median", "lie"), "threat.attack_params.variant": "lasa_code"}, 0.8),
+        make_record({**make_params("median", "sign_flip"), "threat.attack_params.scale": "4"}, 0.7),
+    ]
+    grid = build_grid(records)
+    assert [grid.text(a) for a in grid.attacks[grid.groups[0]]] == ["lie (variant=lasa_code)", "sign_flip"]
+    paper = build_grid([make_record({**make_params("median", "lie"), "threat.attack_params.variant": "paper"}, 0.8)])
+    assert [paper.text(a) for a in paper.attacks[paper.groups[0]]] == ["lie"]  # the text's: nothing to say
