@@ -232,8 +232,9 @@ def report(
                                        "OUTPUT_DIR/reports/<experiment>)"),
     output_dir: Path = typer.Option(Path("byzlab-results"), "--output-dir", help="store of an experiment name"),
     uri: Optional[str] = typer.Option(None, "--uri", help="MLflow tracking URI (default: the output dir's store)"),
-    metric: Optional[str] = typer.Option(None, "--metric", help="the table's metric: acc_last5_mean, acc_best or "
-                                         "acc_final (default: the sweep file's report.metric, else acc_last5_mean)"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="the table's metric: acc_last5_mean, acc_best, "
+                                         "acc_final or backdoor_asr (default: the sweep file's report.metric, else "
+                                         "acc_last5_mean)"),
 ) -> None:
     """Paper-style tables (Markdown, CSV, LaTeX) and plots from a sweep, logged to its MLflow parent run."""
     from byzlab.sweeps import runner

@@ -26,7 +26,8 @@ columns are the attacks that occur in it.
 
 Cells: the table's metric (``acc_last5_mean`` unless the sweep file's ``report: {metric: ...}`` or
 ``byzlab report --metric`` names another of :data:`TABLE_METRICS`, as a paper's own tables do: LASA reports
-the best accuracy) in percent, two decimals, mean ± population std (ddof=0: the spread of the
+the best accuracy; ``backdoor_asr``, the backdoor's success rate over the last five evaluations, for the
+backdoor tables, where the lowest is best) in percent, two decimals, mean ± population std (ddof=0: the spread of the
 seeds actually run, not an estimate for unseen ones) over the seeds. A cell with one seed shows the mean
 alone (no ``± 0.00`` suggesting a spread was measured); a cell without a finished run shows ``–``. In
 each column (one attack in one group) the best mean is bold and the second best underlined; ranks are
@@ -60,7 +61,9 @@ from byzlab.sweeps.spec import DEFAULT_TABLE_METRIC, SHORT_NAMES, SPEC_FILE, TAB
 
 SUMMARY_KEYS = ("acc_last5_mean", "acc_best", "acc_final")
 DETECTION_KEYS = ("detection_tpr", "detection_fpr")
-CURVE_KEYS = ("test_accuracy", *DETECTION_KEYS)
+BACKDOOR_KEY = "backdoor_asr"
+CURVE_KEYS = ("test_accuracy", *DETECTION_KEYS, BACKDOOR_KEY)
+LAST_EVALUATIONS = 5  # a curve's table value (backdoor_asr): the mean of its last five evaluations, as acc_last5_mean
 RUN_ID_TAG = "byzlab.run_id"
 TRIAL_ID_TAG = "byzlab.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -86,8 +89,20 @@ LATEX_SPECIALS = {
 
 
 def caption(metric: str) -> str:
-    return (f"Test accuracy (%), mean ± std (population, over seeds) of {TABLE_METRICS[metric]} ({metric}); "
-            "best per column in bold, second best underlined; – = no finished run.")
+    what = TABLE_METRICS[metric]
+    best, second, missing = (("lowest", "second lowest", "no finished run or no backdoor") if what.lower_is_better
+                             else ("best", "second best", "no finished run"))
+    return (f"{what.quantity} (%), mean ± std (population, over seeds) of {what.of} ({metric}); "
+            f"{best} per column in bold, {second} underlined; – = {missing}.")
+
+
+def record_value(record: TrialRecord, metric: str) -> float | None:
+    """A record's value of a table metric: a run summary, or for ``backdoor_asr`` the mean of the last
+    evaluations of its curve; None when the run has none (a backdoor rate without a backdoor)."""
+    if metric != BACKDOOR_KEY:
+        return record.summary[metric]
+    curve = record.curves.get(BACKDOOR_KEY, [])
+    return float(np.mean([value for _, value in curve[-LAST_EVALUATIONS:]])) if curve else None
 
 
 DPI = 150
@@ -227,8 +242,10 @@ class Grid:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)) or "all"
 
     def metric_values(self, group: Label, defense: Label, attack: Label) -> np.ndarray:
-        """The cell's values of the table's metric, one per seed (empty when the cell has no run)."""
-        return np.array([r.summary[self.metric] for r in self.cells.get((group, defense, attack), [])])
+        """The cell's values of the table's metric, one per seed (empty when the cell has no run or none of
+        its runs has the metric)."""
+        values = (record_value(r, self.metric) for r in self.cells.get((group, defense, attack), []))
+        return np.array([v for v in values if v is not None])
 
 
 def _value(record: TrialRecord, key: str) -> str | None:
@@ -352,7 +369,7 @@ class Cell:
     mean: float  # fraction
     std: float  # population std (ddof=0) over seeds
     seeds: int
-    rank: int  # dense rank in its column on the displayed value; 1 = best
+    rank: int  # dense rank in its column on the displayed value; 1 = best (the lowest for a backdoor's rate)
 
     def text(self, pm: str = "±") -> str:
         """``96.31 ± 0.42``; a single seed: ``96.31``."""
@@ -371,7 +388,8 @@ def table_cells(grid: Grid) -> dict[tuple[Label, Label, Label], Cell]:
         for attack in grid.attacks[group]:
             column = {d: grid.metric_values(group, d, attack) for d in grid.defenses}
             column = {d: v for d, v in column.items() if v.size}
-            distinct = sorted({_displayed(v.mean()) for v in column.values()}, reverse=True)
+            distinct = sorted({_displayed(v.mean()) for v in column.values()},
+                              reverse=not TABLE_METRICS[grid.metric].lower_is_better)
             for defense, values in column.items():
                 rank = distinct.index(_displayed(values.mean())) + 1
                 cells[group, defense, attack] = Cell(float(values.mean()), float(values.std()), values.size, rank)

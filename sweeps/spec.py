@@ -31,7 +31,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -52,10 +52,20 @@ _ATTACK_KEYS = ("threat.attack", "threat.attack_params.")
 SHORT_NAMES = {"partition.beta": "β", "threat.fraction": "Φ"}
 
 
-TABLE_METRICS = {  # the summary metrics a report's table can show, and how its caption says what they are
-    "acc_last5_mean": "the mean of the last five evaluations",
-    "acc_best": "the best evaluation",
-    "acc_final": "the last evaluation",
+class TableMetric(NamedTuple):
+    """What a report's table can show: the quantity, which evaluations it summarises, which way is better."""
+
+    quantity: str
+    of: str
+    lower_is_better: bool = False
+
+
+TABLE_METRICS = {
+    "acc_last5_mean": TableMetric("Test accuracy", "the mean of the last five evaluations"),
+    "acc_best": TableMetric("Test accuracy", "the best evaluation"),
+    "acc_final": TableMetric("Test accuracy", "the last evaluation"),
+    # backdoor tables (the residual and PAwBRoFL papers): the attack's success, lower is better for a defense
+    "backdoor_asr": TableMetric("Backdoor success rate", "the mean of the last five evaluations", lower_is_better=True),
 }
 DEFAULT_TABLE_METRIC = "acc_last5_mean"  # SDEA's; LASA reports acc_best
 

@@ -352,7 +352,7 @@ def test_report_from_the_sweep_directory_and_from_the_mlflow_experiment(tmp_path
         rows = list(csv.DictReader(handle))
     assert {r["metric"] for r in rows} == {"acc_best"} and len(rows) == 4
     wrong = runner.invoke(cli.app, ["report", str(sweep_dir), "--metric", "accuracy"])
-    assert wrong.exit_code == 2 and "--metric: 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final" in wrong.stderr
+    assert wrong.exit_code == 2 and "--metric: 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final, backdoor_asr" in wrong.stderr
 
 
 def test_a_missing_dataset_stops_the_sweep_before_any_trial(tmp_path):

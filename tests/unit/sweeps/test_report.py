@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param
 from byzlab.orchestrator.config import build_config, flatten
 from byzlab.sweeps.report import (
     TrialRecord,
+    table_cells,
     build_grid,
     detection_rates,
     records_from_mlflow,
@@ -323,6 +324,7 @@ def test_records_from_sweep_dir_reads_finished_runs(tmp_path):
         "test_accuracy": [(2, 0.5), (3, 0.7)],
         "detection_tpr": [(1, 1.0), (3, 0.5)],
         "detection_fpr": [],
+        "backdoor_asr": [],
     }
 
 
@@ -365,7 +367,8 @@ def test_records_from_mlflow_finished_children_and_parent(tmp_path):
     assert parent == parent_id
     assert [r.params["server.aggregator"] for r in records] == ["lasa", "median"]
     assert records[0].params == {key: str(value) for key, value in flatten(_config("lasa", 0)).items()}
-    assert records[0].curves == {"test_accuracy": [(1, 0.5), (2, 0.6)], "detection_tpr": [], "detection_fpr": []}
+    assert records[0].curves == {"test_accuracy": [(1, 0.5), (2, 0.6)], "detection_tpr": [], "detection_fpr": [],
+                                 "backdoor_asr": []}
     assert records[1].summary == SUMMARY
 
     with pytest.raises(ValueError, match="does not exist"):
@@ -414,7 +417,8 @@ def test_a_report_shows_the_metric_it_is_asked_for(records, tmp_path):
     with (tmp_path / "table.csv").open() as handle:
         assert {row["metric"] for row in csv.DictReader(handle)} == {"acc_best"}
     assert "of the best evaluation (acc\\_best)" in (tmp_path / "table.tex").read_text()
-    with pytest.raises(ValueError, match="report metric 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final"):
+    with pytest.raises(ValueError, match="report metric 'accuracy' is not one of: acc_last5_mean, acc_best, "
+                                         "acc_final, backdoor_asr"):
         build_grid(records, "accuracy")
 
 
@@ -427,3 +431,29 @@ def test_an_authors_code_variant_is_named_in_the_attack_label_even_when_it_does_
     assert [grid.text(a) for a in grid.attacks[grid.groups[0]]] == ["lie (variant=lasa_code)", "sign_flip"]
     paper = build_grid([make_record({**make_params("median", "lie"), "threat.attack_params.variant": "paper"}, 0.8)])
     assert [paper.text(a) for a in paper.attacks[paper.groups[0]]] == ["lie"]  # the text's: nothing to say
+
+
+def test_a_backdoor_table_shows_the_success_rate_of_the_last_five_evaluations_lowest_best(tmp_path):
+    """backdoor_asr over rounds 1..6: the mean of rounds 2..6. fedavg (0.9 each) loses to median (rates
+    0.5, 0.1, 0.1, 0.1, 0.1 -> 0.18); a run without a backdoor has no rate, and its cell reads –."""
+    def record(aggregator, attack, rates):
+        made = make_record(make_params(aggregator, attack), 0.8)
+        made.curves["backdoor_asr"] = list(enumerate(rates, start=1))
+        return made
+
+    records = [
+        record("fedavg", "lie", [0.9] * 6),
+        record("median", "lie", [0.99, 0.5, 0.1, 0.1, 0.1, 0.1]),
+        record("median", "sign_flip", []),
+    ]
+    grid = build_grid(records, "backdoor_asr")
+    cells = table_cells(grid)
+    lie, flip = grid.attacks[grid.groups[0]]
+    fedavg, median = grid.defenses
+    assert cells[grid.groups[0], median, lie].mean == pytest.approx(0.18)
+    assert (cells[grid.groups[0], median, lie].rank, cells[grid.groups[0], fedavg, lie].rank) == (1, 2)
+    assert (grid.groups[0], median, flip) not in cells
+    write_report(records, tmp_path, metric="backdoor_asr")
+    caption, tables = (tmp_path / "table.md").read_text().split("\n\n", 1)
+    assert caption.startswith("Backdoor success rate (%)") and "lowest per column in bold" in caption
+    assert "| median | **18.00** | – |" in tables

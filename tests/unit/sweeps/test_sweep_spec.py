@@ -224,7 +224,7 @@ def test_the_report_metric_is_one_of_the_summaries():
     assert parse_spec({"base": BASE}, "t").report.metric == "acc_last5_mean"
     assert parse_spec({"base": BASE, "report": {"metric": "acc_best"}}, "t").report.metric == "acc_best"
     assert _error({"base": BASE, "report": {"metric": "accuracy"}}) == (
-        "report.metric: 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final")
+        "report.metric: 'accuracy' is not one of: acc_last5_mean, acc_best, acc_final, backdoor_asr")
 
 
 def test_unknown_grid_key_is_named():
