@@ -402,3 +402,13 @@ def test_sdea_sweeps_use_tiny_imagenet_as_public_data(name):
     """SDEA's default public data (§4.1, Table 3), 2,000 images of the hub copy."""
     assert _values(_sweep(name), lambda c: (c.server.public_data.source, c.server.public_data.size)) == {
         ("tiny-imagenet", 2000)}
+
+
+@pytest.mark.parametrize("name", PAPER_SWEEPS)
+def test_a_paper_sweep_reports_the_metric_its_paper_does(name):
+    """LASA's tables give a run's best accuracy, SDEA's the mean of the last five rounds, the residual and
+    FedRA papers the accuracy at the end of training; PAwBRoFL's figure, accuracy per round (the default)."""
+    paper = name.split("_")[0]
+    expected = {"lasa": "acc_best", "sdea": "acc_last5_mean", "residual": "acc_final", "fedra": "acc_final",
+                "pawbrofl": "acc_last5_mean"}[paper]
+    assert _sweep(name).spec.report.metric == expected
