@@ -4,19 +4,19 @@ clients running a data attack poison their labels, minibatches, recipe or update
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 import ray
 import torch
 
 from byzlab.actors.resources import actor_device
+from byzlab.actors.reusable import Reusable
 from byzlab.orchestrator.core.seeding import Stream, derive_seed, torch_generator
 from byzlab.orchestrator.learning.training import LocalResult, train_locally
 from byzlab.orchestrator.specs.roles import ClientSpec
 
 
-class ClientWorker:
+class ClientWorker(Reusable):
     """The virtual clients of one actor. Their data is copied in once; a client is a slice of it."""
 
     def __init__(
@@ -98,13 +98,6 @@ class ClientWorker:
             "train_seconds": time.perf_counter() - started,
         }
         return updates, meta
-
-    def reset(self, *args: Any) -> None:
-        """Re-initialise this actor for another run from ``__init__``'s arguments (a sweep's next trial
-        borrows it, actors/pool.py): every attribute of the previous run is dropped first, so the actor is
-        what a new one built from ``args`` would be."""
-        self.__dict__.clear()
-        self.__init__(*args)  # type: ignore[misc]
 
 
 ClientActor = ray.remote(ClientWorker)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from byzlab import aggregators
 from byzlab.actors.adversary import Adversary
 from byzlab.actors.resources import actor_device
+from byzlab.actors.reusable import Reusable
 from byzlab.actors.round_record import RoundUpdates, round_record
 from byzlab.orchestrator.core.layout import flatten_state, functional_forward, load_flat_state, model_layout
 from byzlab.orchestrator.core.seeding import Stream, derive_seed, numpy_rng, torch_generator
@@ -55,7 +56,7 @@ def round_context(server: Any, round_index: int, client_ids: np.ndarray, num_sam
     return context.restricted_to(server.context_fields)
 
 
-class ServerWorker:
+class ServerWorker(Reusable):
     """Global model, server optimizer and aggregator of one run."""
 
     def __init__(
@@ -214,13 +215,6 @@ class ServerWorker:
         # A checkpoint written before server optimizers holds FedAvgM's velocity at the top level.
         self.optimizer.load_state_dict(state["optimizer"] if "optimizer" in state else {"velocity": state["velocity"]})
         self.aggregator.load_state_dict(state["aggregator"])
-
-    def reset(self, *args: Any) -> None:
-        """Re-initialise this actor for another run from ``__init__``'s arguments (a sweep's next trial
-        borrows it, actors/pool.py): every attribute of the previous run is dropped first, so the actor is
-        what a new one built from ``args`` would be."""
-        self.__dict__.clear()
-        self.__init__(*args)  # type: ignore[misc]
 
 
 ServerActor = ray.remote(ServerWorker)

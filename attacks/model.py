@@ -68,13 +68,13 @@ def _written_as_weights(vector: torch.Tensor, own: torch.Tensor, ctx: AttackCont
     state_dict order, which shifts them; byzlab gives every parameter its own coordinates.)"""
     if ctx.global_params is None:
         raise ValueError("variant 'sdea_code' needs the global model (AttackContext.global_params)")
-    rows = own.clone()
     written = vector.to(own) - ctx.global_params.to(own)
-    for layer in ctx.layers or ():
+    if not ctx.layers:
+        return _repeat(written, own.shape[0])
+    rows = own.clone()
+    for layer in ctx.layers:
         if layer.kind != "buffer":
             rows[:, layer.slice] = written[layer.slice]
-    if not ctx.layers:
-        rows[:] = written
     return rows
 
 

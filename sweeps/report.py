@@ -57,7 +57,9 @@ from mlflow.entities import Run
 
 from byzlab.orchestrator.config import flatten
 from byzlab.orchestrator.run.storage import RunDirectory
-from byzlab.sweeps.spec import DEFAULT_TABLE_METRIC, SHORT_NAMES, SPEC_FILE, TABLE_METRICS, load_saved_sweep
+from byzlab.sweeps.spec import (
+    DEFAULT_TABLE_METRIC, SHORT_NAMES, SPEC_FILE, TABLE_METRICS, check_table_metric, load_saved_sweep,
+)
 
 SUMMARY_KEYS = ("acc_last5_mean", "acc_best", "acc_final")
 DETECTION_KEYS = ("detection_tpr", "detection_fpr")
@@ -329,8 +331,10 @@ def build_grid(records: list[TrialRecord], metric: str = DEFAULT_TABLE_METRIC) -
     the cells will show ``metric``."""
     if not records:
         raise ValueError("no records to report on")
-    if metric not in TABLE_METRICS:
-        raise ValueError(f"report metric '{metric}' is not one of: {', '.join(TABLE_METRICS)}")
+    try:
+        check_table_metric(metric)
+    except ValueError as err:
+        raise ValueError(f"report metric {err}") from None
     all_keys = [
         key for key in dict.fromkeys(k for r in records for k in r.params)
         if key not in EXECUTION_KEYS and not key.startswith(EXECUTION_PREFIXES)

@@ -41,7 +41,7 @@ from byzlab.orchestrator.run.tracking import default_tracking_uri, log_params, o
 from byzlab.sweeps.live import LiveTable
 from byzlab.sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
 from byzlab.sweeps.report import records_from_mlflow, records_from_sweep_dir, write_report
-from byzlab.sweeps.spec import DEFAULT_TABLE_METRIC, SPEC_FILE, TABLE_METRICS, Sweep, load_saved_sweep
+from byzlab.sweeps.spec import DEFAULT_TABLE_METRIC, SPEC_FILE, Sweep, check_table_metric, load_saved_sweep
 from byzlab.sweeps.trainable import run_trial
 
 STATE_FILE = "sweep.json"
@@ -396,8 +396,11 @@ def report(source: str | Path, *, out: Path | None = None, output_dir: Path = Pa
     sweep's parent run. ``output_dir`` / ``uri`` locate the MLflow store of an experiment name. ``metric``:
     the table's (None: the sweep file's ``report.metric``, acc_last5_mean for an experiment name)."""
     source_path = Path(source)
-    if metric is not None and metric not in TABLE_METRICS:
-        raise ConfigError(f"--metric: '{metric}' is not one of: {', '.join(TABLE_METRICS)}")
+    if metric is not None:
+        try:
+            check_table_metric(metric)
+        except ValueError as err:
+            raise ConfigError(f"--metric: {err}") from None
     if (source_path / STATE_FILE).is_file():
         state = read_state(source_path)
         records = records_from_sweep_dir(source_path)
