@@ -62,6 +62,42 @@ Implementation
   Gaps are attacker-controlled: the robust stage filters on the updates only, but a kept attacker can
   inflate its gap to attract softmax weight; that is the method as published.
 
+Paper text or authors' code (``variant``)
+-----------------------------------------
+The default, ``paper``, is the method as the paper writes it, with the readings above. ``variant: pawbrofl_code``
+computes what the authors' released code (heshandevaka/PAwBRoFL: ``src/robust_estimator.py``, ``RE`` below,
+driven by ``src/simulate.py``, ``SIM``), with which the paper's numbers were produced, computes where it departs
+from the text:
+
+* **Blocks per layer.** The code aggregates each parameter tensor on its own (``SIM`` l.327-334, 390-397) and
+  splits it into blocks of ``itv = 1000`` coordinates, the last one shorter (``RE`` ``ex_noregret`` /
+  ``filterL2``): the blocks follow ``ctx.layers``, ``chunk_size`` coordinates at a time within each layer (None:
+  one block per layer; the code's sweep sets 1000). The paper variant cuts the flat vector, across layers.
+* **Each update gets another client's loss gap.** ``SIM`` passes the updates in the round's random client order
+  (``choices``, l.176, 394-396) but the loss gaps in client-id order (l.186, 223, 242, 397), and the estimator
+  pairs them by position: every round, update i is weighed with the gap of a client drawn by a random
+  permutation. This variant permutes the gaps uniformly with ``ctx.generator`` every round (among the round's
+  clients; the code has every client in every round). Eq. 8 pairs each client with its own gap.
+* **No-regret's projection** (``RE`` l.91-113): candidates cap the i + 1 largest weights at 1/((1 - ε) m') and
+  scale the rest to the remaining mass, for i = 0, 1, ... while that mass is positive, skipping those whose
+  next weight would exceed the cap; the one with the least ``rel_entr(c, c')`` = KL(c || c') is kept (the
+  first on ties). The uncapped candidate c / Σc is never among them, so the largest weight is always capped,
+  and the divergence is the reverse of Alg. 1's KL(q || c). Equal weights are ordered by a stable sort (the
+  code's ``np.argsort`` may order exact ties otherwise). If no candidate qualifies (the code would fail),
+  the exact projection is used.
+* **The PA step's weights** (``RE`` l.72-89, 190-229): the code starts from c = 1 (not 1/m), so when the
+  estimator stops at its first check the PA step uses z = gap / μ, not q · gap / μ = gap / (m μ); it takes
+  p = exp(z) / Σ exp(z), doubling μ while that gives NaN (an overflow, ``RE`` l.77-79); and eq. 9 divides by
+  ||Σ p_i c_i x_i|| + 1e-8. A softmax whose sum overflows without any term overflowing gives p = 0, and the
+  code a zero block, as here.
+
+The filtering estimator is the same in both (the code's removal of the first argmax only differs on exact
+ties at τ_max; the removed clients' entries are left out of the code's softmax, as here). Setting choices of
+the code that are config, not rule: ε = 0.2 in every run (``train.sh`` never sets ``--malnum``; so also without
+attack), local lr 1e-3, client data sizes ∝ U(0, 1) (``--variable_local_size``), its ConvNet (30/30/200
+units, 319,520 parameters), and a 5 x 5 corner patch (value 0, target class 0, every image of an attacker,
+every round) as the backdoor that ``train.sh`` runs, not DBA.
+
 Outputs
 -------
 * ``weights``: the normalised effective coefficients w_i = q_i p_i / Σ_j q_j p_j (Σ w = 1; = q for
@@ -84,7 +120,13 @@ import torch
 from pydantic import Field
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import CHUNK_ELEMENTS, coordinate_chunks, krum_order, squared_distances_from_gram
+from byzlab.aggregators.numerics import (
+    CHUNK_ELEMENTS,
+    coordinate_chunks,
+    generator_or_seeded,
+    krum_order,
+    squared_distances_from_gram,
+)
 from byzlab.aggregators.registry import register
 
 XI_DEFAULT = math.sqrt(20.0) * 1e-5
@@ -143,6 +185,41 @@ def kl_project_capped_simplex(q_tilde: torch.Tensor, cap: float | torch.Tensor,
     return q
 
 
+def authors_capped_projection(c: torch.Tensor, cap: float, support: torch.Tensor) -> torch.Tensor:
+    """The PAwBRoFL authors' projection step (``RE`` ``ex_noregret_`` l.91-113) on a batch of
+    weights ``c`` [B, n] >= 0, computed on the ``support`` [B, n] (every row with the same count m' of kept
+    clients; the code's arrays hold those only). For i = 0..m'-1 while ``1 - (i + 1) cap > 0``: the i + 1
+    largest weights set to ``cap``, the rest scaled to the remaining mass; a candidate whose next weight then
+    exceeds the cap is skipped; the one with the least KL(c || candidate) (scipy's ``rel_entr`` summed, c
+    unnormalised) is returned, the first of equal ones. Rows without any candidate get the exact projection
+    (:func:`kl_project_capped_simplex`)."""
+    nb, n = c.shape
+    m = int(support[0].sum()) if nb else 0
+    masked = torch.where(support, c, torch.full_like(c, -1.0))
+    ordered, order = torch.sort(masked, dim=-1, descending=True, stable=True)
+    ordered = ordered[:, :m].clamp_min(0)  # the kept clients' weights, largest first
+    head = torch.arange(1, m + 1, dtype=c.dtype, device=c.device)  # i + 1 capped
+    tail = ordered.sum(-1, keepdim=True) - ordered.cumsum(-1)  # Σ of the uncapped rest, per candidate
+    mass = 1 - head * cap  # [m]
+    scale = mass / torch.where(tail > 0, tail, torch.ones_like(tail))  # [B, m]
+    position = torch.arange(m, device=c.device)
+    capped = position.unsqueeze(0) <= position.unsqueeze(1)  # [i, j]: entry j capped in candidate i
+    candidates = torch.where(capped, torch.full_like(scale, cap).unsqueeze(-1).expand(nb, m, m),
+                             ordered.unsqueeze(1) * scale.unsqueeze(-1))  # [B, i, j]
+    following = torch.cat([ordered[:, 1:], torch.zeros_like(ordered[:, :1])], dim=-1) * scale  # entry i + 1
+    valid = (mass > 0).cumprod(0).bool().unsqueeze(0) & (following <= cap) & (position < m - 1).unsqueeze(0)
+    base = ordered.unsqueeze(1).expand_as(candidates)
+    terms = torch.where(base > 0, base * (base / candidates).log(), torch.zeros_like(base))  # rel_entr
+    kl = torch.where(valid, terms.sum(-1), torch.full_like(scale, torch.inf))
+    best = kl.argmin(-1)  # the first minimum
+    chosen = candidates[torch.arange(nb, device=c.device), best]  # [B, m], in sorted order
+    out = torch.zeros_like(c).scatter_(1, order[:, :m], chosen)
+    none = ~valid.any(-1)
+    if bool(none.any()):
+        out[none] = kl_project_capped_simplex(c[none], cap, support[none])
+    return out
+
+
 # --------------------------------------------------------------------------------- robust estimators
 
 
@@ -198,9 +275,10 @@ def _quasi_gradient(grams: torch.Tensor, q: torch.Tensor, u: torch.Tensor) -> to
 
 
 def robust_weights(xb: torch.Tensor, estimator: Literal["filtering", "no_regret"], epsilon: float,
-                   xi: float) -> RobustEstimate:
+                   xi: float, authors_projection: bool = False) -> RobustEstimate:
     """Run Algorithm 2 (``filtering``) or Algorithm 1 (``no_regret``) on every block of ``xb`` [n, B, c]
-    (rows = clients) at once; see the module docstring."""
+    (rows = clients) at once; see the module docstring. ``authors_projection``: no-regret projects as the
+    authors' code does (:func:`authors_capped_projection`)."""
     n, nb, _ = xb.shape
     dev = xb.device
     grams = _centred_grams(xb)
@@ -243,7 +321,8 @@ def robust_weights(xb: torch.Tensor, estimator: Literal["filtering", "no_regret"
         elif estimator == "no_regret" and not bool(stop.all()):
             tau = _quasi_gradient(gr, qr, u)
             new = qr * (1 - eta[running].unsqueeze(-1) * tau).clamp_min(0)
-            new = kl_project_capped_simplex(new, cap, support[running])
+            project = authors_capped_projection if authors_projection else kl_project_capped_simplex
+            new = project(new, cap, support[running])
         done = running[stop]
         top[done] = lam[stop]
         iterations[done] = k
@@ -315,6 +394,55 @@ def _pa_blocks(xb: torch.Tensor, q: torch.Tensor, gaps: torch.Tensor | None, mu:
     return update, weights, fallback
 
 
+def _pa_blocks_authors(xb: torch.Tensor, est: RobustEstimate, gaps: torch.Tensor | None, mu: float | None):
+    """Eqs. 7-9 per block as the authors' code computes them (``RE`` l.72-89, 114-127, 190-229): c = 1 on the
+    kept clients when the estimator stopped at its first check (else q), p = exp(c gap / μ) / Σ exp(...) with
+    μ doubled while that is NaN, and ĝ = ||g_BR|| Σ p c x / (||Σ p c x|| + 1e-8). Returns what
+    :func:`_pa_blocks` returns; a block whose Σ p c is 0 counts as a fallback in the weights (its update is
+    then the code's zero vector)."""
+    q = est.q
+    g_br = _mix(q, xb)
+    nb, n = q.shape
+    if mu is None:
+        return g_br, q, torch.zeros(nb, dtype=torch.bool, device=q.device)
+    kept = q > 0
+    c = torch.where((est.iterations == 0).unsqueeze(-1), kept.to(q.dtype), q)
+    gaps = torch.zeros(n, dtype=torch.float64, device=q.device) if gaps is None else gaps
+    scale = torch.full((nb, 1), float(mu), dtype=torch.float64, device=q.device)
+    while True:
+        e = torch.where(kept, torch.exp(c * gaps / scale), torch.zeros_like(c))
+        p = e / e.sum(-1, keepdim=True)
+        nan = (torch.isnan(p) & kept).any(-1, keepdim=True)
+        if not bool(nan.any()):
+            break
+        scale = torch.where(nan, 2 * scale, scale)
+    coef = p * c
+    direction = _mix(coef, xb)  # Σ p_i c_i x_i
+    norm_dir = torch.linalg.vector_norm(direction, dim=-1, dtype=torch.float64)
+    norm_br = torch.linalg.vector_norm(g_br, dim=-1, dtype=torch.float64)
+    update = (direction.double() * (norm_br / (norm_dir + 1e-8)).unsqueeze(-1)).to(xb.dtype)
+    total = coef.sum(-1, keepdim=True)
+    fallback = ~(total.squeeze(-1) > 0)
+    weights = torch.where(fallback.unsqueeze(-1), q, coef / torch.where(total > 0, total, torch.ones_like(total)))
+    return update, weights, fallback
+
+
+def _layer_blocks(d: int, layers, chunk_size: int | None, device) -> list[torch.Tensor]:
+    """The authors' blocks (``RE`` ``ex_noregret`` / ``filterL2`` on each parameter tensor): each layer of
+    ``layers`` (the whole vector when there are none) cut into ``chunk_size`` coordinates at a time, the last
+    block of a layer shorter; returned as index tensors [blocks, length], one per block length."""
+    spans = [(layer.offset, layer.numel) for layer in layers] or [(0, d)]
+    by_length: dict[int, list[int]] = {}
+    for offset, numel in spans:
+        step = numel if chunk_size is None else chunk_size
+        for start in range(0, numel, max(1, step)):
+            by_length.setdefault(min(step, numel - start), []).append(offset + start)
+    return [
+        torch.tensor(starts, device=device).unsqueeze(-1) + torch.arange(length, device=device)
+        for length, starts in by_length.items()
+    ]
+
+
 def performance_aware(updates: torch.Tensor, q: torch.Tensor, loss_gaps: torch.Tensor | None,
                       mu: float | None) -> PerformanceAware:
     """The PA block (§4, eqs. 7-9) on [n, d] updates with robust weights ``q`` [n] (Σ q = 1)."""
@@ -365,7 +493,13 @@ class PawbroflParams(AggregatorParams):
         None,
         ge=1,
         description="run estimator and PA step separately on consecutive blocks of this many coordinates "
-        "(the authors use 1000 per layer); None = the whole vector",
+        "(the authors use 1000 per layer); None = the whole vector (pawbrofl_code: one block per layer)",
+    )
+    variant: Literal["paper", "pawbrofl_code"] = Field(
+        "paper",
+        description="paper: the method as written; pawbrofl_code: the authors' code (blocks per layer, each "
+        "update weighed with a randomly permuted client's loss gap, their no-regret projection, c = 1 in the PA "
+        "step after a first-check stop, μ doubled on overflow, +1e-8 in eq. 9)",
     )
 
 
@@ -386,7 +520,7 @@ class Pawbrofl(Aggregator[PawbroflParams]):
 
     name = "pawbrofl"
     Params = PawbroflParams
-    needs = frozenset({"loss_gaps"})
+    needs = frozenset({"loss_gaps", "layers", "generator"})  # layers and generator: pawbrofl_code only
 
     @classmethod
     def tolerated_rows(cls, params: PawbroflParams, num_clients: int, num_byzantine: int) -> int:
@@ -403,12 +537,6 @@ class Pawbrofl(Aggregator[PawbroflParams]):
         eps = prm.epsilon
         if eps is None:
             eps = min(ctx.num_byzantine / max(n, 1), 0.5 - 1e-6)
-        c = d if prm.chunk_size is None else max(1, min(prm.chunk_size, d))
-        nb = max(1, math.ceil(d / c)) if d else 1
-        pad = nb * c - d
-        flat = updates if not pad else torch.nn.functional.pad(updates, (0, pad))
-        xb = flat.reshape(n, nb, c)
-
         gaps = None
         nonfinite_gaps = 0
         if ctx.loss_gaps is not None:
@@ -419,24 +547,62 @@ class Pawbrofl(Aggregator[PawbroflParams]):
             nonfinite_gaps = int((~finite).sum())
             gaps = torch.where(finite, gaps, torch.zeros_like(gaps))
 
+        if prm.variant == "pawbrofl_code":
+            return self._authors_code(updates, ctx, eps, gaps, nonfinite_gaps)
+        c = d if prm.chunk_size is None else max(1, min(prm.chunk_size, d))
+        nb = max(1, math.ceil(d / c)) if d else 1
+        pad = nb * c - d
+        flat = updates if not pad else torch.nn.functional.pad(updates, (0, pad))
+        xb = flat.reshape(n, nb, c)
+
         est = robust_weights(xb, prm.estimator, eps, prm.xi)
         out, w, fallback = _pa_blocks(xb, est.q, gaps, prm.mu)
         update = out.reshape(-1)[:d]
 
         lengths = torch.full((nb,), float(c), dtype=torch.float64, device=dev)
         lengths[-1] = d - (nb - 1) * c if d else 1.0
-        weights = (lengths / lengths.sum()) @ w
-        kept = est.q > 0
-        accepted = kept.any(dim=0)
-        info = {
-            "iterations": float(est.iterations.max()),
-            "top_eigenvalue": float(est.top_eigenvalue.max()),
-            "removed": float(n - int(accepted.sum())),
-            "removed_mean": float((~kept).sum(dim=1).double().mean()),
-            "krum_removed": float(est.krum_removed),
-            "blocks": float(nb),
-            "epsilon": float(eps),
-            "pa_fallback": float(fallback.sum()),
-            "nonfinite_gaps": float(nonfinite_gaps),
-        }
-        return AggregationResult(update=update, weights=weights.to(updates.dtype), accepted=accepted, info=info)
+        return _result(update, [(est, w, fallback, lengths)], eps, nonfinite_gaps)
+
+    def _authors_code(self, updates: torch.Tensor, ctx: RoundContext, eps: float, gaps: torch.Tensor | None,
+                      nonfinite_gaps: int) -> AggregationResult:
+        """``variant: pawbrofl_code``: the authors' blocks, gap pairing, projection and PA step (module
+        docstring, "Paper text or authors' code")."""
+        prm = self.params
+        n, d = updates.shape
+        if gaps is not None:  # SIM's client-id-ordered gaps beside the round's randomly ordered updates
+            generator = generator_or_seeded(ctx.generator, int(ctx.round))
+            gaps = gaps[torch.randperm(n, generator=generator).to(gaps.device)]
+        update = torch.empty_like(updates[0])
+        parts = []
+        for index in _layer_blocks(d, ctx.layers, prm.chunk_size, updates.device):
+            xb = updates[:, index]  # [n, blocks, length]
+            est = robust_weights(xb, prm.estimator, eps, prm.xi, authors_projection=True)
+            out, w, fallback = _pa_blocks_authors(xb, est, gaps, prm.mu)
+            update[index] = out
+            lengths = torch.full((index.shape[0],), float(index.shape[1]), dtype=torch.float64, device=updates.device)
+            parts.append((est, w, fallback, lengths))
+        return _result(update, parts, eps, nonfinite_gaps)
+
+
+def _result(update: torch.Tensor, parts: list, eps: float, nonfinite_gaps: int) -> AggregationResult:
+    """The rule's output from its blocks, given as (estimate, weights [B, n], fallback [B], lengths [B]) per
+    batch of blocks: the weights averaged by block length, and the info of the module docstring."""
+    q = torch.cat([est.q for est, *_ in parts])
+    w = torch.cat([weights for _, weights, *_ in parts])
+    lengths = torch.cat([length for *_, length in parts])
+    n = q.shape[1]
+    weights = (lengths / lengths.sum()) @ w
+    kept = q > 0
+    accepted = kept.any(dim=0)
+    info = {
+        "iterations": float(max(int(est.iterations.max()) for est, *_ in parts)),
+        "top_eigenvalue": float(max(float(est.top_eigenvalue.max()) for est, *_ in parts)),
+        "removed": float(n - int(accepted.sum())),
+        "removed_mean": float((~kept).sum(dim=1).double().mean()),
+        "krum_removed": float(parts[0][0].krum_removed),
+        "blocks": float(q.shape[0]),
+        "epsilon": float(eps),
+        "pa_fallback": float(sum(int(fallback.sum()) for _, _, fallback, _ in parts)),
+        "nonfinite_gaps": float(nonfinite_gaps),
+    }
+    return AggregationResult(update=update, weights=weights.to(update.dtype), accepted=accepted, info=info)

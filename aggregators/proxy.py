@@ -230,6 +230,12 @@ class SageflowParams(AggregatorParams):
     eval_batch_size: int = Field(
         1024, ge=1, description="proxy samples per forward pass when evaluating a client's model (memory only)"
     )
+    variant: Literal["paper", "sdea_code"] = Field(
+        "paper",
+        description="paper: Sageflow as Park et al. write it; sdea_code: the SDEA authors' MarsFL SageFlowSever, "
+        "which scores the global model instead of each client's, so every client gets the same weight: the "
+        "plain mean of the sampled clients' updates",
+    )
 
 
 _MIN_LOSS = 1e-12  # a perfect fit (loss 0) would get an infinite weight
@@ -252,6 +258,18 @@ class Sageflow(Aggregator[SageflowParams]):
 
     Staleness-aware grouping (Sageflow's handling of stragglers) is out of scope: rounds are synchronous.
     The official code averages entropies and losses per proxy batch of 64; here they are per-sample means.
+
+    ``variant: sdea_code`` is the Sageflow that SDEA's tables were produced with: the SDEA authors' MarsFL
+    code (WenkeHuang/MarsFL, ``Sever/SageFlowSever.py``, ``sever_update``). Its loop over the online clients
+    copies each client's model but evaluates ``temp_net``, a copy of the *global* model, on the public set,
+    so every client gets the same entropy and loss, hence the same alpha_j = q / L**delta + 1e-5 (E_th 2.2
+    and delta 5 fixed in its ``__init__``), and the normalised weights are 1/n whatever the clients sent:
+    ``Aggregations/utils/meta_aggregation.py``'s ``agg_parts`` then averages the client models with those
+    weights. This variant returns that plain mean of the updates (every client accepted, weight 1/n) without
+    evaluating anything. MarsFL runs Sageflow as its method ``FedProxDefense``, whose clients train with
+    FedProx's local objective (``CFG.Local.FedProxLocal.mu`` = 0.01): set ``clients.prox_mu: 0.01`` to match
+    it. Non-finite rows are still dropped first (byzlab's guard for every filtering rule; MarsFL would
+    average them in).
 
     weights = beta / sum(beta) (0 for dropped clients); accepted = kept (and claiming > 0 samples);
     info: entropy_mean (all clients), loss_mean (kept clients), num_accepted.
@@ -291,6 +309,11 @@ class Sageflow(Aggregator[SageflowParams]):
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         p = self.params
+        if p.variant == "sdea_code":
+            n = updates.shape[0]
+            weights = torch.full((n,), 1.0 / n, dtype=updates.dtype, device=updates.device)
+            accepted = torch.ones(n, dtype=torch.bool, device=updates.device)
+            return AggregationResult(weighted_rows(weights, updates), weights, accepted, {"num_accepted": float(n)})
         entropy, loss = self.client_scores(updates, ctx)
         kept = torch.isfinite(entropy) & torch.isfinite(loss) & (entropy < p.entropy_threshold)
         # negative claims count as 0 (like a claim of 0, they are not accepted: log 0 = -inf)

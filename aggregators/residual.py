@@ -75,12 +75,29 @@ Choices not fixed by the paper, all deliberate:
   is what Algorithm 1 gives in the limit; ``check_setting`` refuses fewer than 3 clients per round.
 * **accepted** (the paper selects nobody; this is for detection metrics): client k is accepted iff
   ``p_k > accept_fraction / K``, a fraction of the uniform weight (default one half).
-* Departures from the authors' released code (``FedAvg/averaging.py``), where it differs from the paper:
-  it takes the median of ``|r|`` without the smallest value (eq. 4 takes all), keeps a value when
-  ``w >= delta`` (eq. 8-9: ``w > delta``), does not zero the corrected confidences and takes sigma before the
-  correction (Alg. 1 lines 10-11 do both), and squares the max-normalised model weights before averaging (not
-  in eqs. 10-11). It adds an absolute 1e-7 to tau, which is not negligible for updates of that scale; the
-  default ``eps`` here is 1e-30.
+* **Paper text or authors' code** (``variant``). The default, ``paper``, is Algorithm 1 as written. The
+  authors' released code (fushuhao6/Attack-Resistant-Federated-Learning, ``FedAvg/averaging.py``:
+  ``reweight_algorithm_restricted`` l.112-143, ``repeated_median`` l.537-562 and
+  ``IRLS_aggregation_split_restricted`` l.300-351), with which the paper's tables were produced, departs
+  from it in six places; ``variant: residual_code`` computes what that code computes:
+
+  - the line passes through (xbar, med y), ``b0 = med(y) - b1 (K - 1) / 2`` (l.557-560), not eq. 2's
+    intercept: the variant requires ``intercept: median``;
+  - tau adds an absolute 1e-7 (l.133), not negligible for updates of that scale: it requires ``eps: 1e-7``;
+  - M of eq. 4 is the median of ``|r|`` without its smallest value (l.132; with the line through the
+    median, an odd K always has one residual 0);
+  - a value is kept when ``w >= delta`` (l.141; eqs. 8-9: ``w > delta``);
+  - the confidences below delta are not zeroed, and sigma is taken over the uncorrected confidences
+    (l.137-139; Alg. 1 lines 10-11 zero them first): a corrected value still enters eq. 10 with its small
+    confidence, and only its value moves to the line;
+  - the model weights are divided by their maximum and squared before eq. 11 (l.338-339), so client k
+    weighs ``W_k^2 / sum_i W_i^2``, not ``W_k / sum_i W_i``.
+
+  Ties keep byzlab's treatment above (the code's unstable sort gives tied values arbitrary distinct ranks),
+  and the code's per-layer shards of 2,000 coordinates change nothing (eq. 10 sums over all of them). The
+  code's own ``repeated`` baseline (``Repeated_Median_Shard``, l.417-450) evaluates its line at the centre
+  through the median, so it returns the coordinate-wise median: byzlab's ``median`` rule, not its
+  ``repeated_median``.
 
 **Hostile rows** (``tolerated_rows``: (n - 2) // 2, the repeated-median line's breakdown; see the
 ``repeated_median`` rule). Up to that count the line is fitted on honest slopes, a hostile value's residual
@@ -114,7 +131,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
 from byzlab.aggregators.numerics import (
@@ -130,6 +147,9 @@ from byzlab.aggregators.registry import register
 
 GAMMA = 1.4826
 """Consistency constant of eq. 3 (the MAD of a standard normal is 1 / 1.4826)."""
+
+CODE_TAU_EPS = 1e-7
+"""The absolute term the authors' code adds to tau (``FedAvg/averaging.py`` l.133)."""
 
 _WORK_PER_CLIENT = 16
 """[c, K] work tensors of :func:`residual_step`, counted when sizing the default chunk."""
@@ -183,6 +203,29 @@ class ResidualParams(AggregatorParams):
         description="coordinates processed at once (memory ~ chunk_size * (K^2 + 16 K) elements); default: as "
         "many as fit in 2**24 work elements",
     )
+    variant: Literal["paper", "residual_code"] = Field(
+        "paper",
+        description="paper: Algorithm 1 as written; residual_code: the authors' FedAvg/averaging.py (M without "
+        "the smallest |r|, keep w >= delta, confidences not zeroed and sigma before the correction, squared "
+        "model weights; needs intercept: median and eps: 1e-7, the code's line and tau)",
+    )
+
+    @model_validator(mode="after")
+    def _code_line_and_tau(self) -> "ResidualParams":
+        if self.variant != "residual_code":
+            return self
+        if (self.estimator, self.weighting) != ("repeated_median", "irls"):
+            raise ValueError(
+                "variant 'residual_code' is the authors' repeated-median IRLS path (reweight_algorithm_restricted): "
+                f"estimator: repeated_median, weighting: irls (got {self.estimator}, {self.weighting})"
+            )
+        if self.intercept != "median" or self.eps != CODE_TAU_EPS:
+            raise ValueError(
+                "variant 'residual_code' is the authors' averaging.py, whose line passes through the median and "
+                f"whose tau adds {CODE_TAU_EPS:g}: set intercept: median and eps: {CODE_TAU_EPS:g} (got intercept: "
+                f"{self.intercept}, eps: {self.eps:g})"
+            )
+        return self
 
 
 @dataclass
@@ -200,7 +243,7 @@ class ResidualStep:
     leverage: torch.Tensor  # [c, K] h_kk (eq. 7, intercept column)
     confidence: torch.Tensor  # [c, K] eq. 6 (or the Gaussian), tied values averaged
     kept: torch.Tensor  # [c, K] bool: confidence > delta
-    weight: torch.Tensor  # [c, K] eq. 8: confidence, 0 where corrected
+    weight: torch.Tensor  # [c, K] eq. 8: confidence, 0 where corrected (residual_code: not zeroed)
     corrected: torch.Tensor  # [c, K] eq. 9: the value, or the line where corrected
     sigma: torch.Tensor  # [c] standard deviation of ``weight`` over the clients (eq. 10)
 
@@ -262,7 +305,11 @@ def residual_step(columns: torch.Tensor, params: ResidualParams | None = None) -
     xbar = (k - 1) / 2
     line = centre.unsqueeze(-1) + slope.unsqueeze(-1) * (x - xbar)  # yhat at every rank
     residual = z - line
-    tau = GAMMA * median_last(residual.abs()) * (1 + 5 / (k - 1)) + p.eps  # eqs. 3-4
+    code = p.variant == "residual_code"
+    spread = residual.abs()
+    if code:  # averaging.py l.132: the median of |r| without its smallest value
+        spread = spread.sort(dim=-1).values[:, 1:]
+    tau = GAMMA * median_last(spread) * (1 + 5 / (k - 1)) + p.eps  # eqs. 3-4
     e = residual / tau.unsqueeze(-1)  # eq. 5
     h = leverage(k, z.device, z.dtype).expand(c, k)
     if p.weighting == "irls":  # eq. 6: sqrt(1-h)/e * Psi(e/sqrt(1-h)) = min(1, Z sqrt(1-h) / |e|)
@@ -271,8 +318,12 @@ def residual_step(columns: torch.Tensor, params: ResidualParams | None = None) -
     else:
         confidence = torch.exp(-e.square() / (2 * p.lam**2))
     confidence, line_mid = _tie_mean(z, confidence, line)
-    kept = confidence > p.delta  # eq. 8
-    weight = torch.where(kept, confidence, torch.zeros_like(confidence))
+    if code:  # averaging.py l.137-141: keep w >= delta, nothing zeroed, sigma over every confidence
+        kept = confidence >= p.delta
+        weight = confidence
+    else:
+        kept = confidence > p.delta  # eq. 8
+        weight = torch.where(kept, confidence, torch.zeros_like(confidence))
     corrected = torch.where(kept, z, line_mid)  # eq. 9
     sigma = weight.std(dim=-1) if k > 1 else torch.zeros(c, device=z.device, dtype=z.dtype)
 
@@ -375,6 +426,8 @@ class ResidualReweighting(Aggregator[ResidualParams]):
                 values.append(step.corrected[fixed])
                 corrected_count += where.shape[0]
             disagreeing += int((step.sigma > 0).sum())
+        if p.variant == "residual_code":  # averaging.py l.338-339: W / max W, squared
+            model_weight = model_weight.square()
         total = model_weight.sum()
         fallback = not bool(total > 0)
         if fallback:

@@ -12,7 +12,7 @@ actors, CPUs/GPUs, device, checkpointing, tracking) are ignored. Of the keys tha
   of that aggregator: ``lasa (sparsity=0.3)``, ``median``;
 - the attack is ``threat.attack`` plus the ``threat.attack_params.*`` that vary among the records of that
   attack: ``sign_flip (scale=4)``; an authors'-code variant is always named, so a table says which
-  definition a column used: ``lie (variant=lasa_code)``;
+  definition a column or row used: ``lie (variant=lasa_code)``, ``residual (variant=residual_code)``;
 - ``run.seed`` gives the replicates a cell averages over;
 - every other varying key forms the column group, labelled with short names (``partition.beta`` -> β,
   ``threat.fraction`` -> Φ, others by their last dotted component): ``β=0.3, Φ=0.2``. A key a record lacks
@@ -79,7 +79,7 @@ EXECUTION_KEYS = frozenset({
 })
 EXECUTION_PREFIXES = ("tracking.",)
 BASELINE_DEFENSE, NO_ATTACK = "fedavg", "none"  # listed first
-CODE_VARIANT = "_code"  # attack variants that follow a paper's released code (lasa_code, sdea_code)
+CODE_VARIANT = "_code"  # attack and defense variants that follow a paper's released code (lasa_code, residual_code)
 
 MISSING = "–"
 LATEX_NAMES = {"β": r"$\beta$", "Φ": r"$\Phi$"}

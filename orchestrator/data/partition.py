@@ -242,6 +242,16 @@ def lognormal(
     return _parts_from_owner(_owner_from_class_counts(class_ids, counts, rng), num_clients)
 
 
+@PARTITION_SCHEMES.register_function("uniform_sizes")
+def uniform_sizes(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Quantity skew with random samples: client sizes ∝ U(0, 1), as the PAwBRoFL authors' runs draw them
+    (``src/simulate.py``, ``--variable_local_size``, which ``train.sh`` sets; the paper says equal sizes).
+    Every client holds at least one sample (one each, the rest split in proportion)."""
+    _class_ids_and_sizes(labels, num_clients)
+    client_sizes = _proportional_sizes(rng.random(num_clients), len(labels))
+    return _parts_from_owner(_owner_from_sizes(client_sizes, rng), num_clients)
+
+
 class NaturalParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     min_group_size: int = Field(1, ge=1, description="groups with fewer training samples are left out")

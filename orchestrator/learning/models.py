@@ -165,6 +165,33 @@ def _residual_cnn(input_shape: tuple[int, int, int], num_classes: int, params: N
     )
 
 
+@MODELS.register_function("pawbrofl_cnn")
+def _pawbrofl_cnn(input_shape: tuple[int, int, int], num_classes: int, params: NoParams) -> nn.Module:
+    """The PAwBRoFL authors' MNIST / Fashion-MNIST CNN: conv 30@5x5 (padding 2), ReLU, pool, conv 30@5x5
+    (padding 2), ReLU, pool, fc 200, ReLU, fc classes; 319,520 parameters on 28x28 images.
+
+    heshandevaka/PAwBRoFL, ``src/networks.py`` ``ConvNet`` as ``src/simulate.py`` builds it (filters 30 and 30,
+    fc 200, the constructor's kernel size 5, 2x2 max-pooling). The paper (§5.1) only says "two convolutional
+    layers followed by two fully connected layers"; byzlab's ``cnn`` is the FedAvg CNN instead.
+    """
+    _require_images("pawbrofl_cnn", input_shape)
+    channels, height, width = input_shape
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(channels, 30, 5, padding=2),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(30, 30, 5, padding=2),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(30 * (height // 4) * (width // 4), 200),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(200, num_classes),
+        )
+    )
+
+
 class FastTextParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     embedding_dim: PositiveInt = Field(100, description="width of the token embeddings")

@@ -17,6 +17,7 @@ from byzlab.aggregators.pawbrofl import (
     robust_weights,
 )
 from byzlab.aggregators.registry import build
+from byzlab.orchestrator.core.layout import Layer
 
 
 def _rule(**params):
@@ -371,3 +372,83 @@ def test_a_huge_outlier_does_not_disturb_the_honest_weights(estimator):
     assert qs[0][7] == 0 and torch.allclose(qs[0], qs[1], atol=1e-9)
     r = _rule(estimator=estimator)(x.float(), RoundContext(loss_gaps=_gaps(11)))
     assert torch.isfinite(r.update).all() and not r.accepted[7]
+
+
+# ------------------------------------------------------------------------------ the authors' code (variant)
+# Expected values worked through the authors' src/robust_estimator.py (ex_noregret_, filterL2_) line by line
+# in numpy; the loss gaps are those of the client the code pairs each update with: a permutation drawn with
+# the round's generator (seed 7: [0, 1, 3, 2, 4] for five clients, [3, 2, 0, 1] for four).
+
+CODE_P = torch.tensor([[2.0, -2.6, 0.4], [-0.6, -0.5, -0.2], [-2.0, -0.2, -0.9], [3.3, 0.2, -0.4], [3.0, -2.0, 2.5]],
+                      dtype=torch.float64)
+CODE_GAPS = torch.tensor([0.2, 0.5, 1.0, 0.1, 3.0], dtype=torch.float64)
+CODE_X4 = 1e-3 * torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], dtype=torch.float64)
+CODE_GAPS4 = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
+
+
+def _code(updates, gaps=None, layers=(), **params):
+    rule = Pawbrofl(PawbroflParams(variant="pawbrofl_code", **params))
+    ctx = RoundContext(loss_gaps=gaps, layers=layers, generator=torch.Generator().manual_seed(7))
+    return rule.aggregate(updates, ctx)
+
+
+def test_the_permutations_the_expected_values_assume():
+    assert torch.randperm(5, generator=torch.Generator().manual_seed(7)).tolist() == [0, 1, 3, 2, 4]
+    assert torch.randperm(4, generator=torch.Generator().manual_seed(7)).tolist() == [3, 2, 0, 1]
+
+
+def test_pawbrofl_code_pairs_each_update_with_a_permuted_clients_gap():
+    """Filtering on CODE_P runs past its first check, where the code's PA step is the paper's but for eq. 9's
+    + 1e-8 (a relative 1e-8 here): the variant is the paper's rule fed the gaps in the drawn order."""
+    perm = torch.randperm(5, generator=torch.Generator().manual_seed(7))
+    code = _code(CODE_P, CODE_GAPS, estimator="filtering", mu=1.0)
+    paper = Pawbrofl(PawbroflParams(estimator="filtering", mu=1.0)).aggregate(
+        CODE_P, RoundContext(loss_gaps=CODE_GAPS[perm]))
+    assert torch.allclose(code.update, paper.update, rtol=1e-7, atol=0)
+    assert code.update.tolist() == pytest.approx([2.737822590211, -1.182586245616, 0.235112719666], abs=1e-11)
+
+
+@pytest.mark.parametrize(("mu", "gaps", "expected"), [
+    (None, None, [0.699182822294622, -1.421771615643136, 0.430010895157903]),
+    (1.0, CODE_GAPS, [0.872087973606086, -1.245510804063225, 0.619165413014852]),
+])
+def test_pawbrofl_code_no_regret_projects_as_the_authors(mu, gaps, expected):
+    """Krum drops client 3; one weight update from c = 1 on the other four, then the code's projection caps
+    the largest weight (client 0) at 1/(0.8 * 4) = 0.3125 where the exact KL projection caps nothing."""
+    result = _code(CODE_P, gaps, estimator="no_regret", epsilon=0.2, mu=mu)
+    assert result.update.tolist() == pytest.approx(expected, abs=1e-12)
+    if mu is None:
+        assert result.weights[0].item() == pytest.approx(0.3125, abs=1e-12)
+        paper = Pawbrofl(PawbroflParams(estimator="no_regret", epsilon=0.2, mu=None)).aggregate(CODE_P, RoundContext())
+        assert paper.weights[0].item() < 0.3125 - 1e-3
+
+
+@pytest.mark.parametrize(("scale", "gap_scale", "mu", "expected"), [
+    # a stop at the first check: the PA step weighs with c = 1, z = gap / μ (the paper's q gives gap / (4 μ))
+    (1.0, 1.0, 1.0, [0.000665354266309, 0.000473965686042, 0.000287474720236]),
+    # the same on a tiny block, where eq. 9's + 1e-8 shortens the vector
+    (1e-4, 1.0, 0.01, [7.872958216222171e-08, 1.518496696256479e-29, 2.928800272038395e-51]),
+    # gaps of 500-2000 at μ = 0.01 overflow exp: the code doubles μ until they do not
+    (1.0, 1000.0, 0.01, [8.660167436170026e-04, 3.357034391198242e-46, 1.301323558320459e-88]),
+])
+def test_pawbrofl_code_pa_step_after_a_first_check_stop(scale, gap_scale, mu, expected):
+    result = _code(scale * CODE_X4, gap_scale * CODE_GAPS4, estimator="filtering", epsilon=0.25, mu=mu)
+    assert result.info["iterations"] == 0
+    assert result.update.tolist() == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize(("estimator", "expected"), [
+    ("filtering", [0.058949132206, 0.146239858581, -0.253687971197, -0.578058795307, -0.865042429027, 0.06449177938]),
+    ("no_regret", [-0.352036896805, -0.190399476867, -0.083414981037, -0.306244965327, -0.654339033247,
+                   -0.205637488107]),
+])
+def test_pawbrofl_code_blocks_follow_the_layers(estimator, expected):
+    """Two layers of 3 coordinates, chunk_size 2: the code's blocks are [0:2], [2:3], [3:5], [5:6] (the paper
+    variant's flat cut gives [0:2], [2:4], [4:6])."""
+    x = torch.tensor([[0.0, 0.3, -0.3, -0.9, -0.5, -1.0], [0.1, 1.3, -0.5, -0.6, 0.5, 0.4],
+                      [0.1, -0.9, -0.0, 0.7, -1.3, -0.5], [-1.9, -1.3, -1.8, -0.2, -1.3, 0.3],
+                      [3.2, 2.8, 0.5, 2.5, 3.0, 3.1]], dtype=torch.float64)
+    layers = (Layer("a", (3,), 0), Layer("b", (3,), 3))
+    result = _code(x, layers=layers, estimator=estimator, epsilon=0.2, mu=None, chunk_size=2)
+    assert result.update.tolist() == pytest.approx(expected, abs=1e-11)
+    assert result.info["blocks"] == 4

@@ -286,6 +286,21 @@ def test_sageflow_excludes_sign_flipped_model_and_downweights_far_outlier():
     assert (result.update - rule(honest, ctx).update).norm() < 1e-3 * far.norm()
 
 
+def test_sageflow_sdea_code_weighs_every_client_alike_as_the_marsfl_server_does():
+    """MarsFL's SageFlowSever scores the global model for every client: alpha_j = q / L**5 + 1e-5 is the same
+    for all j, so the weights are 1/n. On the first test's clients the uniform model U, which the paper's
+    Sageflow drops, and the claimed counts, which it weighs by, change nothing: the plain mean of all three."""
+    models = torch.stack([constant_model([4.0, 0.0, 0.0]), constant_model([0.0, 4.0, 0.0]), constant_model([0.0] * 3)])
+    updates = models - SF_THETA
+    counts = torch.tensor([10.0, 30.0, 5.0])
+    result = aggregators.build("sageflow", variant="sdea_code")(updates, sf_context(num_samples=counts))
+    assert result.accepted.tolist() == [True, True, True]
+    assert result.weights.tolist() == [1 / 3] * 3
+    assert torch.allclose(result.update, (updates[0] + updates[1] + updates[2]) / 3, atol=1e-15)
+    paper = aggregators.build("sageflow")(updates, sf_context(num_samples=counts))
+    assert paper.accepted.tolist() == [True, True, False]
+
+
 def test_sageflow_identical_updates_return_that_update():
     u = constant_model([3.0, 0.0, 0.0]) - SF_THETA
     result = aggregators.build("sageflow")(u.repeat(4, 1), sf_context(num_samples=torch.tensor([1.0, 2.0, 3.0, 4.0])))

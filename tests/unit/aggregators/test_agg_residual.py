@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy.stats import theilslopes
 
-from byzlab import aggregators
 from byzlab.aggregators.base import RoundContext
 from byzlab.aggregators.registry import build, validate_params
 from byzlab.aggregators.residual import ResidualParams, fit_line, leverage, residual_step
@@ -286,3 +285,56 @@ def test_few_clients_nonfinite_rows_and_settings():
         validate_params("residual", {"estimator": "mean"})
     with pytest.raises(ValueError, match="delta"):
         validate_params("residual", {"delta": 1.0})
+
+
+# ------------------------------------------------------------------------------ the authors' code (variant)
+
+CODE = {"variant": "residual_code", "intercept": "median", "eps": 1e-7}
+# Worked through the authors' FedAvg/averaging.py (reweight_algorithm_restricted, repeated_median,
+# IRLS_aggregation_split_restricted), line by line in float64; their torch code, run on CPU in float32,
+# agrees to ~1e-7.
+CODE_A = torch.tensor([[0.012, -0.020, 0.031], [0.019, -0.004, 0.010], [0.007, -0.013, 0.024],
+                       [0.015, -0.009, 0.005], [0.400, -0.030, 0.018]], dtype=torch.float64)
+CODE_B = torch.tensor([[0.031, 0.50, -0.012], [0.018, 0.02, -0.020], [0.024, 0.05, 0.011],
+                       [0.009, 0.03, -0.002]], dtype=torch.float64)
+
+
+def test_residual_code_first_coordinate_step_by_step():
+    """Coordinate 0 of CODE_A, sorted 0.007, 0.012, 0.015, 0.019, 0.4. Slopes: b1 = 0.00425, the line through
+    (2, med y = 0.015), so 0.0065 + 0.00425 x. Residuals (by rank) 0.0005, 0.00125, 0, -0.00025, 0.3765;
+    |r| without its smallest value, 0.00025, 0.0005, 0.00125, 0.3765: M = 0.000875 (eq. 4 would give 0.0005);
+    tau = 1.4826 * 0.000875 * (1 + 5/4) + 1e-7. The outlier's confidence is Z sqrt(1 - h) / |e| with
+    Z = 2 sqrt(2/5), h = 1/5 + 4/10: below delta, so its value moves to the line (0.0235), but it is
+    neither zeroed nor left out of sigma."""
+    step = residual_step(CODE_A[:, :1].T, ResidualParams(**CODE))
+    assert step.slope.item() == pytest.approx(0.00425, abs=1e-15)
+    assert step.intercept.item() == pytest.approx(0.0065, abs=1e-15)
+    tau = 1.4826 * 0.000875 * (1 + 5 / 4) + 1e-7
+    assert step.tau.item() == pytest.approx(tau, rel=1e-12)
+    outlier = 2 * math.sqrt(2 / 5) * math.sqrt(1 - 0.6) / (0.3765 / tau)
+    assert step.confidence[0, 4].item() == pytest.approx(outlier, rel=1e-12)
+    assert outlier < 0.01 and not step.kept[0, 4] and step.weight[0, 4].item() == pytest.approx(outlier, rel=1e-12)
+    assert step.corrected[0, 4].item() == pytest.approx(0.0235, abs=1e-15)
+    confidences = [1.0, 1.0, 1.0, 1.0, outlier]
+    assert step.sigma.item() == pytest.approx(float(np.std(confidences, ddof=1)), rel=1e-12)
+
+
+@pytest.mark.parametrize(("updates", "delta", "update", "weights"), [
+    (CODE_A, 0.01, [0.013250098575, -0.011500177917, 0.017500004809], [0.2499975957217] * 4 + [9.617113375801e-06]),
+    (CODE_B, 0.01, [0.01702363062, 0.034121020651, -0.003680732512], [0.001687901394] + [0.332770699535] * 3),
+    # delta 0.1: client 0's 0.5 moves to the line (0.07) but keeps its small weight (the paper would zero it)
+    (CODE_B, 0.1, [0.01702363062, 0.033395223051, -0.003680732512], [0.001687901394] + [0.332770699535] * 3),
+])
+def test_residual_code_reproduces_the_authors_averaging(updates, delta, update, weights):
+    result = build("residual", **CODE, delta=delta)(updates, RoundContext())
+    assert result.update.tolist() == pytest.approx(update, abs=1e-11)
+    assert result.weights.tolist() == pytest.approx(weights, abs=1e-11)
+    paper = build("residual", delta=delta)(updates, RoundContext())
+    assert not torch.allclose(paper.weights, result.weights, atol=1e-4)  # the text weighs them otherwise
+
+
+def test_residual_code_needs_the_codes_line_and_tau():
+    with pytest.raises(ValueError, match="intercept: median and eps: 1e-07"):
+        validate_params("residual", {"variant": "residual_code"})
+    with pytest.raises(ValueError, match="repeated-median IRLS"):
+        validate_params("residual", {**CODE, "weighting": "gaussian"})

@@ -37,7 +37,7 @@ EXPECTED_NEEDS = {
     "fedra": {"num_samples", "num_clients_total", "num_byzantine_total"},
     "foolsgold": {"client_ids", "num_clients_total"},
     "lasa": {"layers"},
-    "pawbrofl": {"loss_gaps"},
+    "pawbrofl": {"loss_gaps", "layers", "generator"},
     "dnc": {"generator"}, "signguard": {"generator"},
     "fltrust": {"global_params", "model_fn", "proxy_data", "generator", "layers"},
     "sageflow": {"global_params", "model_fn", "proxy_data", "num_samples"},
@@ -45,11 +45,13 @@ EXPECTED_NEEDS = {
 }
 
 # Parameters under which a rule reads every field it declares (with the defaults DnC and SignGuard use all
-# of these few coordinates and draw none), and SDEA with fewer epochs, for speed.
+# of these few coordinates and draw none; PAwBRoFL's layers and generator are its authors'-code variant's),
+# and SDEA with fewer epochs, for speed.
 EXERCISE = {
     "dnc": {"subsample_dim": 5, "niters": 2},
     "signguard": {"min_coordinates": 4},
     "sdea": {"epochs": 2},
+    "pawbrofl": {"variant": "pawbrofl_code"},
 }
 
 

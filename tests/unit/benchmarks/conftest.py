@@ -35,3 +35,8 @@ def overhead() -> Iterator[ModuleType]:
 @pytest.fixture(scope="module")
 def sweep_overhead() -> Iterator[ModuleType]:
     yield from _imported("sweep_overhead.py")
+
+
+@pytest.fixture(scope="module")
+def fidelity() -> Iterator[ModuleType]:
+    yield from _imported("fidelity.py")

@@ -97,6 +97,14 @@ def test_an_attack_variant_added_later_keeps_the_ids_of_runs_stored_before_it():
     assert run_id(build_config({}, [*byzmean, "threat.attack_params.variant=lasa_code"])) != paper
 
 
+def test_a_defense_variant_added_later_keeps_the_ids_of_runs_stored_before_it():
+    """The id this Sageflow run had before Sageflow had a ``variant`` (computed with commit b3447e0)."""
+    sageflow = ["server.aggregator=sageflow", "threat.attack=sign_flip", "threat.fraction=0.2"]
+    assert run_id(build_config({}, sageflow)) == "865163607e73"
+    assert build_config({}, sageflow).to_dict()["server"]["aggregator_params"]["variant"] == "paper"
+    assert run_id(build_config({}, [*sageflow, "server.aggregator_params.variant=sdea_code"])) != "865163607e73"
+
+
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
 

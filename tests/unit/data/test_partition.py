@@ -20,6 +20,7 @@ SCHEMES = {
     "shards": {"classes_per_client": 2},
     "lognormal": {"sigma": 1.0},
     "lognormal-one-class": {"sigma": 1.0, "label_skew": "one_class"},
+    "uniform_sizes": {},
 }
 
 
@@ -114,6 +115,17 @@ def test_lognormal_larger_sigma_spreads_client_sizes_more():
         assert min(len(p) for p in lognormal(LABELS, 200, np.random.default_rng(seed), sigma=3.0)) >= 1
 
 
+def test_uniform_sizes_spread_client_sizes_like_uniform_draws():
+    """Sizes ∝ U(0, 1) (the PAwBRoFL authors' --variable_local_size): over 1,000 clients the largest holds about
+    twice the mean, about half hold less than the mean, and the smallest few a sample or two."""
+    labels = np.random.default_rng(5).integers(0, NUM_CLASSES, size=100_000)
+    sizes = np.array([len(p) for p in PARTITION_SCHEMES.get("uniform_sizes")(labels, 1000, np.random.default_rng(0))])
+    assert sizes.sum() == 100_000 and sizes.min() >= 1
+    assert 1.9 < sizes.max() / sizes.mean() <= 2.0
+    assert 0.45 < (sizes < sizes.mean()).mean() < 0.55
+    assert np.sort(sizes)[:5].max() <= 0.03 * sizes.mean()
+
+
 def test_lognormal_one_class_gives_single_class_clients():
     for seed in range(3):
         parts = lognormal(LABELS, 40, np.random.default_rng(seed), sigma=3.0, label_skew="one_class")
@@ -159,7 +171,7 @@ def test_invalid_arguments_raise_naming_the_parameter(call, message):
 
 
 def test_every_scheme_lists_its_parameters():
-    assert PARTITION_SCHEMES.names() == ["iid", "dirichlet", "shards", "lognormal", "natural"]
+    assert PARTITION_SCHEMES.names() == ["iid", "dirichlet", "shards", "lognormal", "uniform_sizes", "natural"]
     assert PARTITION_SCHEMES.describe("dirichlet").splitlines()[1:] == [
         "beta=0.5: concentration (smaller = more label skew)",
         "min_samples=10: redraw until every client has this many",

@@ -12,6 +12,7 @@ INTENDED_INPUTS = {
     "cifar_cnn": (3, 32, 32),
     "resnet18": (3, 32, 32),
     "residual_cnn": (1, 28, 28),
+    "pawbrofl_cnn": (1, 28, 28),
 }
 
 
@@ -96,7 +97,7 @@ def test_default_model_for_every_dataset():
 
 
 def test_every_model_describes_itself_and_its_parameters():
-    assert MODEL_NAMES == ("mlp", "cnn", "cifar_cnn", "resnet18", "residual_cnn")
+    assert MODEL_NAMES == ("mlp", "cnn", "cifar_cnn", "resnet18", "residual_cnn", "pawbrofl_cnn")
     assert all(len(MODELS.describe(name).splitlines()[0]) > 20 for name in MODEL_NAMES)
     assert MODELS.describe("cnn").splitlines()[1:] == [
         "dropout=0.0: dropout rate before the last layer(s) (FedRA §5.1: 0.2)"]
@@ -111,6 +112,13 @@ def test_residual_cnn_is_table_5_of_the_residual_paper():
     assert build_model("residual_cnn", (3, 17, 31), 5)(torch.zeros(1, 3, 17, 31)).shape == (1, 5)
     with pytest.raises(ValueError, match="at least 16x16"):
         build_model("residual_cnn", (1, 8, 8), 10)
+
+
+def test_pawbrofl_cnn_is_the_authors_convnet():
+    # conv1 30*1*25 + 30, conv2 30*30*25 + 30, fc1 (30*7*7)*200 + 200, fc2 200*10 + 10: 319,520 in all
+    model = build_model("pawbrofl_cnn", (1, 28, 28), 10)
+    assert sum(p.numel() for p in model.parameters()) == 780 + 22530 + 294200 + 2010 == 319520
+    assert model[:6](torch.zeros(1, 1, 28, 28)).shape == (1, 30, 7, 7)  # padded convolutions, two 2x2 pools
 
 
 def test_mlp_widths_and_dropout():

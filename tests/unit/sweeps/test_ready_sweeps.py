@@ -30,9 +30,12 @@ PAPER_SWEEPS = [
     "sdea_table8_fashion_mnist_paper",
     "residual_table6",
     "residual_tables1_3",
+    "residual_table6_paper",
+    "residual_tables1_3_paper",
     "fedra_quantity",
     "fedra_table3",
     "pawbrofl_mu",
+    "pawbrofl_mu_paper",
 ]
 
 SDEA_ATTACKS = {"pair_flip", "symmetric_flip", "random", "lie", "min_max", "min_sum"}
@@ -41,6 +44,11 @@ LASA_CODE_ATTACKS = {"tailored_trmean", "min_max", "min_sum", "lie", "byzmean"} 
 # Each LASA sweep runs the authors' code of the attacks (what produced the published numbers); its twin, the
 # paper's definitions.
 LASA_TWINS = {"": "lasa_code", "_paper": "paper"}
+# The residual sweeps run the authors' code of the rule (its line and tau set explicitly); the twins, Algorithm 1.
+RESIDUAL_TWINS = {
+    "": {"variant": "residual_code", "intercept": "median", "eps": 1e-7},
+    "_paper": {"variant": "paper", "intercept": "separate", "eps": 1e-30},
+}
 
 
 def _assert_lasa_attacks(sweep: Sweep, variant: str) -> None:
@@ -247,9 +255,11 @@ def test_lasa_tables5_6_cover_sparsity_levels_and_radii(twin, variant):
     assert set(cells) == table5 | table6
 
 
-def test_residual_table6_covers_the_lambda_delta_grid():
-    sweep = _sweep("residual_table6")
+@pytest.mark.parametrize("twin, reading", RESIDUAL_TWINS.items())
+def test_residual_table6_covers_the_lambda_delta_grid(twin, reading):
+    sweep = _sweep("residual_table6" + twin)
     assert _values(sweep, lambda c: c.server.aggregator) == {"residual"}
+    assert _values(sweep, lambda c: tuple(c.server.aggregator_params[k] for k in reading)) == {tuple(reading.values())}
     assert _values(sweep, lambda c: c.data.dataset) == {"mnist"}
     assert _values(sweep, lambda c: c.model.name) == {"residual_cnn"}  # the paper's Table 5 CNN
     assert _values(sweep, lambda c: c.clients.num_clients) == {100}
@@ -276,8 +286,9 @@ def test_residual_table6_covers_the_lambda_delta_grid():
     assert {t.config.partition.classes_per_client for t in sweep.trials if t.config.partition.scheme == "shards"} == {2}
 
 
-def test_residual_tables1_3_cover_label_flipping_and_backdoors():
-    sweep = _sweep("residual_tables1_3")
+@pytest.mark.parametrize("twin, reading", RESIDUAL_TWINS.items())
+def test_residual_tables1_3_cover_label_flipping_and_backdoors(twin, reading):
+    sweep = _sweep("residual_tables1_3" + twin)
     assert _values(sweep, lambda c: c.clients.num_clients) == {10}
     assert _values(sweep, lambda c: c.clients.clients_per_round) == {10}  # everyone, every round
     recipe = _values(sweep, lambda c: (c.clients.local_epochs, c.clients.batch_size, c.clients.momentum))
@@ -289,6 +300,7 @@ def test_residual_tables1_3_cover_label_flipping_and_backdoors():
     residual = [t.config.server.aggregator_params for t in sweep.trials if t.config.server.aggregator == "residual"]
     assert {(p["estimator"], p["weighting"], p["lam"], p["delta"]) for p in residual} == {
         ("repeated_median", "irls", 2.0, 0.01)}
+    assert {tuple(p[k] for k in reading) for p in residual} == {tuple(reading.values())}
     federations = _values(sweep, lambda c: (
         c.data.dataset, c.model.name, c.partition.scheme, c.partition.beta, c.clients.lr, c.run.rounds))
     assert federations == {
@@ -314,8 +326,13 @@ def test_residual_tables1_3_cover_label_flipping_and_backdoors():
         p = t.config.threat.attack_params
         if t.config.threat.attack in ("backdoor", "model_replacement"):  # App. A.5
             assert (p["target"], p["poisoned_per_batch"], p["local_epochs"], p["lr"]) == (2, 20, 10, 0.1)
-        if t.config.threat.attack == "model_replacement":  # §4.3: round 6, scaled by 100
+        if t.config.threat.attack == "model_replacement":  # §4.3: round 6 only, scaled by 100
             assert (p["boost_round"], p["boost"]) == (6, 100.0)
+            threat = t.config.threat
+            attacked = [r for r in range(1, t.config.run.rounds + 1) if threat.active(r)]
+            assert attacked == [6]
+        elif t.config.threat.attack != "none":
+            assert (t.config.threat.start_round, t.config.threat.every) == (1, 1)
         if t.config.threat.attack == "feature_backdoor":
             assert len(p["features"]) == 6 and "tax_liens" in p["features"]
             assert (p["target"], p["poisoned_per_batch"], p["local_epochs"], p["lr"]) == (4, 20, 10, 0.002)
@@ -378,15 +395,17 @@ def test_fedra_sweep_covers_the_quantity_enlarging_factors():
     assert len(per_cell) == 2 * 2 * 5 and set(per_cell.values()) == {len(aggregators)}
 
 
-def test_pawbrofl_sweep_varies_mu():
-    sweep = _sweep("pawbrofl_mu")
+@pytest.mark.parametrize("twin", ["", "_paper"])
+def test_pawbrofl_sweep_varies_mu(twin):
+    sweep = _sweep("pawbrofl_mu" + twin)
     pawbrofl = [t.config for t in sweep.trials if t.config.server.aggregator == "pawbrofl"]
     mus = {c.server.aggregator_params["mu"] for c in pawbrofl}
     assert None in mus  # the vanilla Byzantine-robust baseline
     assert len(mus - {None}) >= 4
     assert {c.server.aggregator_params["estimator"] for c in pawbrofl} == {"no_regret", "filtering"}
     assert "fedavg" in _values(sweep, lambda c: c.server.aggregator)
-    attacked = {t.config.threat.fraction for t in sweep.trials if t.config.threat.attack == "dba"}
+    attack = "dba" if twin else "backdoor"
+    attacked = {t.config.threat.fraction for t in sweep.trials if t.config.threat.attack == attack}
     assert attacked == {0.1, 0.2, 0.3, 0.4}
     assert {t.config.threat.fraction for t in sweep.trials if t.config.threat.attack == "none"} == {0.0}
     # every μ with every estimator in every threat setting on both datasets
@@ -395,6 +414,28 @@ def test_pawbrofl_sweep_varies_mu():
         for c in pawbrofl
     )
     assert len(per_setting) == 2 * 5 * 2 * len(mus)
+
+
+def test_pawbrofl_code_twin_runs_what_train_sh_ran():
+    """heshandevaka/PAwBRoFL's train.sh: the code's rule, CNN, U(0, 1) client sizes, lr 1e-3, ε = 0.2 without
+    attack (the share with one), and a 5 x 5 corner patch set to 0 on every image of an attacker, target 0."""
+    sweep = _sweep("pawbrofl_mu")
+    pawbrofl = [t.config for t in sweep.trials if t.config.server.aggregator == "pawbrofl"]
+    assert {(c.server.aggregator_params["variant"], c.server.aggregator_params["chunk_size"]) for c in pawbrofl} == {
+        ("pawbrofl_code", 1000)}
+    assert {c.server.aggregator_params["epsilon"] - (c.threat.fraction or 0.2) for c in pawbrofl} == {0.0}
+    assert _values(sweep, lambda c: (c.model.name, c.partition.scheme, c.clients.lr, c.clients.batch_size)) == {
+        ("pawbrofl_cnn", "uniform_sizes", 0.001, 10)}
+    triggers = {(t.config.data.dataset, tuple(sorted(t.config.threat.attack_params.items())))
+                for t in sweep.trials if t.config.threat.attack == "backdoor"}
+    common = {"size": 5, "row": 0, "col": 0, "target": 0, "poisoned_per_batch": 10}
+    for dataset, params in triggers:
+        params = dict(params)
+        assert {k: params[k] for k in common} == common
+        assert params["value"] == {"mnist": 0.0, "fashion-mnist": -0.8102}[dataset]  # raw 0 on unnormalised FMNIST
+    paper = _sweep("pawbrofl_mu_paper")
+    assert _values(paper, lambda c: c.server.aggregator_params.get("variant", "paper")) == {"paper"}
+    assert _values(paper, lambda c: (c.model.name, c.partition.scheme, c.clients.lr)) == {("cnn", "iid", 0.01)}
 
 
 @pytest.mark.parametrize("name", ["sdea_table4_cifar10", "sdea_table7_mnist", "sdea_table8_fashion_mnist"])

@@ -433,6 +433,15 @@ def test_an_authors_code_variant_is_named_in_the_attack_label_even_when_it_does_
     assert [paper.text(a) for a in paper.attacks[paper.groups[0]]] == ["lie"]  # the text's: nothing to say
 
 
+def test_an_authors_code_variant_is_named_in_the_defense_label_too():
+    records = [
+        make_record({**make_params("median", "lie"), "server.aggregator_params.variant": "residual_code"}, 0.8),
+        make_record(make_params("fedavg", "lie"), 0.7),
+    ]
+    grid = build_grid(records)
+    assert sorted(grid.text(d) for d in grid.defenses) == ["fedavg", "median (variant=residual_code)"]
+
+
 def test_a_backdoor_table_shows_the_success_rate_of_the_last_five_evaluations_lowest_best(tmp_path):
     """backdoor_asr over rounds 1..6: the mean of rounds 2..6. fedavg (0.9 each) loses to median (rates
     0.5, 0.1, 0.1, 0.1, 0.1 -> 0.18); a run without a backdoor has no rate, and its cell reads –."""

@@ -1,0 +1,167 @@
+"""Fidelity: a reduced row of LASA Table 1 run by byzlab beside the published numbers, with the attacks both as
+the LASA authors' code runs them (variant ``lasa_code``) and as the paper writes them (variant ``paper``)
+(issue 14, item 3).
+
+Xu, Zhang & Hu, "Achieving Byzantine-Resilient Federated Learning via Layer-Adaptive Sparsified Model
+Aggregation", Table 1, FMNIST (CNN) row: IID, 6,000 clients of 10 images, 100 sampled per round, 25% attackers,
+local SGD lr 0.1, momentum 0.9; metric acc_best. The trials are those of the ready sweeps
+``sweeps/lasa_table1.yaml`` (authors' code) and ``sweeps/lasa_table1_paper.yaml`` (paper text), restricted to
+the FMNIST row, the defenses FedAvg, TrMean, Multi-Krum and LASA, the attacks none, TailoredTrMean, Lie and
+ByzMean, seed 0, and shortened to ``--rounds`` rounds (the sweeps run 100). Everything else is the sweeps' own
+config, expanded by the sweep machinery, except the placement: this machine's default (``byzlab run``'s) instead
+of the sweeps' 6-CPU trials. "none" is the same trial in both sweeps and runs once.
+
+Each finished trial is kept in ``--store`` (JSON, keyed by run id), so an interrupted benchmark continues where
+it stopped; the table is written from the store. Run it alone on the machine (flock -x /tmp/byzlab-cpu.lock):
+
+    python benchmarks/fidelity.py [--rounds 20] [--defenses fedavg,trimmed_mean,multi_krum,lasa]
+                                  [--attacks none,tailored_trmean,lie,byzmean] [--output ...] [--store ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+# benchmarks/aggregators.py would shadow the aggregators package: keep this folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+from byzlab.sweeps.spec import Sweep, Trial, expand, parse_spec, resolve_path
+
+RESULTS = Path(__file__).parent / "results" / "fidelity.md"
+STORE = Path(__file__).parent / "results" / "fidelity.json"
+SWEEPS = {"lasa_code": "lasa_table1", "paper": "lasa_table1_paper"}
+DEFENSES = ["fedavg", "trimmed_mean", "multi_krum", "lasa"]
+ATTACKS = ["none", "tailored_trmean", "lie", "byzmean"]
+DATASET = "fashion-mnist"
+
+# LASA Table 1, FMNIST (CNN): test accuracy (%) averaged over three seeds, the full run.
+PAPER_TABLE_1_FMNIST = {
+    "fedavg": {"none": 86.28, "tailored_trmean": 10.08, "lie": 83.47, "byzmean": 11.22},
+    "trimmed_mean": {"none": 84.05, "tailored_trmean": 10.59, "lie": 77.78, "byzmean": 10.54},
+    "multi_krum": {"none": 86.91, "tailored_trmean": 10.00, "lie": 80.43, "byzmean": 11.80},
+    "lasa": {"none": 87.62, "tailored_trmean": 87.97, "lie": 87.54, "byzmean": 87.65},
+}
+LABELS = {"fedavg": "FedAvg", "trimmed_mean": "TrMean", "multi_krum": "Multi-Krum", "lasa": "LASA",
+          "none": "no attack", "tailored_trmean": "TailoredTrMean", "lie": "Lie", "byzmean": "ByzMean"}
+
+
+def reduced_sweep(name: str, *, rounds: int, defenses: list[str], attacks: list[str], output_dir: str) -> Sweep:
+    """The ready sweep ``name`` cut to one dataset's row, the given defenses and attacks, seed 0 and ``rounds``
+    rounds, on this machine's default placement, without MLflow or downloads, writing under ``output_dir``."""
+    raw = yaml.safe_load(resolve_path(name).read_text())
+    raw["grid"]["data.dataset"] = [DATASET]
+    raw["defenses"] = {k: v for k, v in raw["defenses"].items() if k in defenses}
+    raw["attacks"] = {k: v for k, v in raw["attacks"].items() if k in attacks}
+    raw["seeds"] = [0]
+    raw["base"]["run"] = {"rounds": rounds, "eval_every": 1, "checkpoint_every": rounds, "output_dir": output_dir}
+    raw["base"]["data"] = {"download": False}
+    raw["base"]["tracking"] = {"enabled": False}
+    missing = sorted(set(defenses) - set(raw["defenses"]) | set(attacks) - set(raw["attacks"]))
+    if missing:
+        sys.exit(f"{name}: no defense or attack named {', '.join(missing)}")
+    return expand(parse_spec(raw, name))
+
+
+def run_trial(trial: Trial) -> dict:
+    from byzlab.orchestrator.run.experiment import run_experiment
+
+    started = time.perf_counter()
+    result = run_experiment(trial.config)
+    return {
+        "defense": trial.config.server.aggregator,
+        "attack": trial.config.threat.attack,
+        "variant": trial.config.threat.attack_params.get("variant", "paper"),
+        "acc_best": result.summary["acc_best"],
+        "acc_final": result.summary["acc_final"],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def table(store: dict, *, rounds: int, defenses: list[str], attacks: list[str], command: str) -> str:
+    cells = {(r["defense"], r["attack"], r["variant"]): r for r in store.values() if r.get("rounds") == rounds}
+    total = sum(r["seconds"] for r in store.values() if r.get("rounds") == rounds)
+    lines = [
+        f"# Fidelity: LASA Table 1, FMNIST row, {rounds} rounds, seed 0 (issue 14, item 3)",
+        "",
+        f"`{command}`, {time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU. Trials: "
+        f"{len(cells)}, {total / 60:.1f} min in all (each trial's wall time, Ray's start excluded).",
+        "",
+        "Cells: best test accuracy (%) of the run (acc_best), byzlab with the attack as the LASA authors' code runs "
+        "it (`lasa_code`) / as the paper writes it (`paper`), then the paper's Table 1 (three seeds, the full run). "
+        "The no-attack column is one run.",
+        "",
+        "| defense | " + " | ".join(LABELS.get(a, a) for a in attacks) + " |",
+        "| --- | " + " | ".join("---:" for _ in attacks) + " |",
+    ]
+
+    def accuracy(defense: str, attack: str, variant: str) -> str:
+        row = cells.get((defense, attack, variant)) or cells.get((defense, attack, "paper"))
+        return f"{100 * row['acc_best']:.1f}" if row else "…"
+
+    for defense in defenses:
+        row = []
+        for attack in attacks:
+            paper = PAPER_TABLE_1_FMNIST.get(defense, {}).get(attack)
+            published = f" ({paper:.2f})" if paper is not None else ""
+            if attack == "none":
+                row.append(accuracy(defense, attack, "paper") + published)
+            else:
+                row.append(f"{accuracy(defense, attack, 'lasa_code')} / {accuracy(defense, attack, 'paper')}{published}")
+        lines.append(f"| {LABELS.get(defense, defense)} | " + " | ".join(row) + " |")
+    lines += ["", "| trial | seconds |", "| --- | ---: |"]
+    for (defense, attack, variant), row in sorted(cells.items()):
+        lines.append(f"| {defense}, {attack}, {variant} | {row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--defenses", default=",".join(DEFENSES))
+    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--store", type=Path, default=STORE, help="finished trials, JSON; reused when present")
+    args = parser.parse_args(argv)
+    defenses, attacks = args.defenses.split(","), args.attacks.split(",")
+    command = "python benchmarks/fidelity.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+    store = json.loads(args.store.read_text()) if args.store.is_file() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        trials: dict[str, Trial] = {}
+        for sweep in SWEEPS.values():
+            reduced = reduced_sweep(sweep, rounds=args.rounds, defenses=defenses, attacks=attacks, output_dir=tmp)
+            for trial in reduced.trials:
+                trials.setdefault(trial.run_id, trial)  # "none" is one trial of both sweeps
+        todo = [t for run_id, t in trials.items() if run_id not in store]
+        print(f"{len(trials)} trials, {len(trials) - len(todo)} already in {args.store}", flush=True)
+        if todo:
+            import ray
+
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+            try:
+                for position, trial in enumerate(todo, 1):
+                    row = {**run_trial(trial), "rounds": args.rounds}
+                    store[trial.run_id] = row
+                    args.store.parent.mkdir(parents=True, exist_ok=True)
+                    args.store.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+                    print(f"[{position}/{len(todo)}] {row['defense']} {row['attack']} {row['variant']}: "
+                          f"acc_best {row['acc_best']:.4f} in {row['seconds']:.0f} s", flush=True)
+            finally:
+                ray.shutdown()
+    text = table(store, rounds=args.rounds, defenses=defenses, attacks=attacks, command=command)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
