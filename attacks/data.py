@@ -298,6 +298,12 @@ class TriggerParams(AttackParams):
         description="the attacker's local learning rate; None = the clients' recipe (residual paper "
         "App. A.5: 0.1 against the benign 0.01)",
     )
+    asr_images: Literal["other_classes", "all"] = Field(
+        "other_classes",
+        description="test images the success rate is measured on: other_classes = those whose true class is not "
+        "the target; all = every one, as the residual and PAwBRoFL authors' code measure it (a floor at the "
+        "target class's share, ~10%)",
+    )
 
 
 TP = TypeVar("TP", bound=TriggerParams)
@@ -341,11 +347,12 @@ class _TriggerAttack(DataAttack[TP]):
         return x_out, y_out
 
     def triggered_test_set(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Test images whose true class is not ``target``, with the global trigger, labelled ``target``.
-        The default pixel value is the per-channel maximum over the whole test set x."""
+        """Test images whose true class is not ``target`` (every one with ``asr_images: all``), with the global
+        trigger, labelled ``target``. The default pixel value is the per-channel maximum over the whole test
+        set x."""
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{x.shape[0]} test images but {y.shape[0]} labels")
-        keep = y != self.params.target
+        keep = y != self.params.target if self.params.asr_images == "other_classes" else torch.ones_like(y, dtype=torch.bool)
         # computed over all test images, also those of the target class that are dropped
         pixel = trigger_value(x, self.params.value) if x.shape[0] else self.params.value
         triggered = apply_trigger(x[keep], self.global_trigger(), pixel)
@@ -356,11 +363,21 @@ class _TriggerAttack(DataAttack[TP]):
         return {key: value for key, value in overrides.items() if value is not None}
 
 
+RESIDUAL_CODE_TRIGGER = ((0, 0, 1, 3), (0, 4, 1, 3), (2, 0, 1, 3), (2, 4, 1, 3))
+"""The residual authors' trigger (``Update.py`` l.47-51): rows 0 and 2, columns 0-2 and 4-6 of the anchor."""
+
+
 class BackdoorParams(TriggerParams):
     size: int = Field(
         3, ge=1,
         description="side of the square trigger in pixels (default 3: fits 8x8 digits as well as "
         "28x28 and 32x32 images)",
+    )
+    variant: Literal["paper", "residual_code"] = Field(
+        "paper",
+        description="paper: a size x size square (the residual paper's Fig. 6: 'a white color pattern in the left "
+        "upper corner'); residual_code: the authors' Update.py pattern, 12 pixels in rows 0 and 2, columns 0-2 "
+        "and 4-6, which they set to 1.0 after normalisation (set value: 1.0 for that)",
     )
 
 
@@ -373,13 +390,21 @@ class Backdoor(_TriggerAttack[BP]):
     reweighting paper §4.3 and App. A.5): the attacker mixes ``poisoned_per_batch`` triggered samples
     labelled ``target`` into every minibatch of every round it is active and submits its update
     unscaled. The trigger is a solid ``size x size`` square anchored at ``(row, col)`` (module docstring).
-    Generic in its schema (any ``BackdoorParams``), so that ``model_replacement`` extends it with its own."""
+    Generic in its schema (any ``BackdoorParams``), so that ``model_replacement`` extends it with its own.
+
+    ``variant: residual_code`` stamps the residual paper's released trigger instead (fushuhao6/Attack-
+    Resistant-Federated-Learning, ``FedAvg/Update.py`` l.47-51, applied after normalisation, l.361-379): 12
+    pixels, rows 0 and 2 by columns 0-2 and 4-6 of the anchor, which the code sets to 1.0 in normalised units
+    (grey on MNIST, raw ~0.44: give ``value: 1.0``); ``size`` is not used. Their success rate also counts the
+    target class's own images (``asr_images: all``)."""
 
     name = "backdoor"
     Params = BackdoorParams
 
     def global_trigger(self) -> Trigger:
         p = self.params
+        if p.variant == "residual_code":
+            return Trigger(p.row, p.col, RESIDUAL_CODE_TRIGGER)
         return Trigger(p.row, p.col, ((0, 0, p.size, p.size),))
 
     def local_trigger(self, attacker: int, num_attackers: int) -> Trigger:

@@ -560,7 +560,11 @@ _EXECUTION_FIELDS = {
 
 # Parameters added after runs were stored, with the value that computes what those runs computed: at that
 # value they are left out of the identity, so the stored runs keep their ids (and resume).
-_ADDED_LATER = {("threat", "attack_params", "variant"): "paper", ("server", "aggregator_params", "variant"): "paper"}
+_ADDED_LATER = {
+    ("threat", "attack_params", "variant"): "paper",
+    ("server", "aggregator_params", "variant"): "paper",
+    ("threat", "attack_params", "asr_images"): "other_classes",
+}
 
 
 def run_id(cfg: ExperimentConfig) -> str:

@@ -270,6 +270,35 @@ def test_backdoor_triggered_test_set():
     assert ty.tolist() == [0, 0, 0, 0] and tx.shape == (4, 1, 8, 8)
 
 
+def test_backdoor_residual_code_stamps_the_authors_twelve_pixels():
+    """Update.py's pattern: rows 0 and 2 by columns 0-2 and 4-6 of the anchor, at value 1.0."""
+    x = images(3, 1, 28)
+    out, _ = build("backdoor", variant="residual_code", value=1.0).poison_batch(
+        x, torch.zeros(3, dtype=torch.long), 0, 1, gen(0))
+    mask = _pixels(28, [0, 2], [0, 1, 2, 4, 5, 6])
+    assert int(mask.sum()) == 12
+    check_stamp(out, x, mask, 1.0, k=3)
+    shifted, _ = build("backdoor", variant="residual_code", value=1.0, row=5, col=10).poison_batch(
+        x, torch.zeros(3, dtype=torch.long), 0, 1, gen(0))
+    check_stamp(shifted, x, _pixels(28, [5, 7], [10, 11, 12, 14, 15, 16]), 1.0, k=3)
+
+
+def _pixels(size: int, rows: list[int], cols: list[int]) -> torch.Tensor:
+    m = torch.zeros(size, size, dtype=torch.bool)
+    m[torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = True
+    return m
+
+
+def test_the_authors_success_rate_counts_the_target_class_too():
+    """asr_images all (the residual and PAwBRoFL authors' code): every test image, the target's own 2 of 5
+    included, so a model that ignores the trigger still scores their share."""
+    x, y = images(5, 1, 8), torch.tensor([2, 0, 2, 5, 1])
+    tx, ty = build("backdoor", asr_images="all").triggered_test_set(x, y)
+    assert ty.tolist() == [2] * 5 and tx.shape == (5, 1, 8, 8)
+    check_stamp(tx, x, MASK_8_DEFAULT, float(x.max()), k=5)
+    assert build("dba", asr_images="all").triggered_test_set(x, y)[1].tolist() == [2] * 5
+
+
 def test_backdoor_local_recipe_overrides():
     assert build("backdoor").local_recipe_overrides() == {}
     assert build("backdoor", local_epochs=10).local_recipe_overrides() == {"local_epochs": 10}

@@ -105,6 +105,13 @@ def test_a_defense_variant_added_later_keeps_the_ids_of_runs_stored_before_it():
     assert run_id(build_config({}, [*sageflow, "server.aggregator_params.variant=sdea_code"])) != "865163607e73"
 
 
+def test_the_success_rates_images_added_later_keep_the_backdoor_ids():
+    """The id this backdoor run had before ``asr_images`` and the trigger's ``variant`` (commit b3447e0)."""
+    backdoor = ["threat.attack=backdoor", "threat.fraction=0.2"]
+    assert run_id(build_config({}, backdoor)) == "93ff61e187c9"
+    assert run_id(build_config({}, [*backdoor, "threat.attack_params.asr_images=all"])) != "93ff61e187c9"
+
+
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
 

@@ -326,6 +326,9 @@ def test_residual_tables1_3_cover_label_flipping_and_backdoors(twin, reading):
         p = t.config.threat.attack_params
         if t.config.threat.attack in ("backdoor", "model_replacement"):  # App. A.5
             assert (p["target"], p["poisoned_per_batch"], p["local_epochs"], p["lr"]) == (2, 20, 10, 0.1)
+            code = reading["variant"] == "residual_code"  # the code's trigger and success rate
+            assert (p["variant"], p["value"], p["asr_images"]) == (
+                ("residual_code", 1.0, "all") if code else ("paper", None, "other_classes"))
         if t.config.threat.attack == "model_replacement":  # §4.3: round 6 only, scaled by 100
             assert (p["boost_round"], p["boost"]) == (6, 100.0)
             threat = t.config.threat
@@ -428,7 +431,7 @@ def test_pawbrofl_code_twin_runs_what_train_sh_ran():
         ("pawbrofl_cnn", "uniform_sizes", 0.001, 10)}
     triggers = {(t.config.data.dataset, tuple(sorted(t.config.threat.attack_params.items())))
                 for t in sweep.trials if t.config.threat.attack == "backdoor"}
-    common = {"size": 5, "row": 0, "col": 0, "target": 0, "poisoned_per_batch": 10}
+    common = {"size": 5, "row": 0, "col": 0, "target": 0, "poisoned_per_batch": 10, "asr_images": "all"}
     for dataset, params in triggers:
         params = dict(params)
         assert {k: params[k] for k in common} == common
