@@ -20,7 +20,14 @@ def _label(trial: Any) -> str:
     labels = trial.config["trial"]["labels"]
     first = [labels[k] for k in _LABEL_ORDER]
     rest = [f"{k}={v}" for k, v in labels.items() if k not in _LABEL_ORDER]
+    sampled = trial.config.get("search", {})  # a search's trial: the values it sampled
+    rest += [f"{key.rsplit('.', 1)[-1]}={_short(sampled[name])}"
+             for name, key in trial.config["trial"].get("searched", {}).items() if name in sampled]
     return " · ".join([*first, ", ".join(rest)])
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _rounds(trial: Any) -> int:

@@ -489,7 +489,7 @@ def _write_csv(path: Path, grid: Grid, cells: dict) -> None:
 # ------------------------------------------------------------------------------------------------ plots
 
 
-def _figure(width: float, height: float) -> Figure:
+def agg_figure(width: float, height: float) -> Figure:
     """A figure drawn by Agg without pyplot: nothing global (backend, figure registry) changes, and the
     figure is freed with its last reference, so there is no pyplot figure to close."""
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
@@ -520,7 +520,7 @@ def _accuracy_plot(path: Path, grid: Grid, group: Label) -> None:
     attacks, colors = grid.attacks[group], _defense_colors(grid)
     ncols = min(len(attacks), 4)
     nrows = math.ceil(len(attacks) / ncols)
-    figure = _figure(3.2 * ncols + 2.2, 2.8 * nrows + 0.4)
+    figure = agg_figure(3.2 * ncols + 2.2, 2.8 * nrows + 0.4)
     axes = figure.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
     drawn = set()
     for ax, attack in zip(axes, attacks):
@@ -554,7 +554,7 @@ def _heatmap(path: Path, grid: Grid, cells: dict, group: Label) -> None:
         [100 * cells[group, d, a].mean if (group, d, a) in cells else np.nan for a in attacks]
         for d in grid.defenses
     ])
-    figure = _figure(1.1 * len(attacks) + 3.2, 0.45 * len(grid.defenses) + 1.6)
+    figure = agg_figure(1.1 * len(attacks) + 3.2, 0.45 * len(grid.defenses) + 1.6)
     ax = figure.subplots()
     cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(means), cmap=cmap, aspect="auto")
@@ -596,7 +596,7 @@ def _detection_plot(path: Path, grid: Grid) -> bool:
     reporting = [d for d, pair in rates.items() if not all(math.isnan(rate) for rate in pair)]
     if not reporting:
         return False
-    figure = _figure(1.0 * len(reporting) + 2.5, 3.4)
+    figure = agg_figure(1.0 * len(reporting) + 2.5, 3.4)
     ax = figure.subplots()
     x, width = np.arange(len(reporting)), 0.38
     for index, (offset, name) in enumerate(((-width / 2, "TPR"), (width / 2, "FPR"))):

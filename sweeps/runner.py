@@ -40,8 +40,18 @@ from byzlab.orchestrator.run.storage import RunDirectory, write_json
 from byzlab.orchestrator.run.tracking import default_tracking_uri, log_params, open_experiment, tracking_uri
 from byzlab.sweeps.live import LiveTable
 from byzlab.sweeps.placement import ClusterShape, concurrent_trials, plan_trial, trial_bundles, trial_resources
-from byzlab.sweeps.report import records_from_mlflow, records_from_sweep_dir, write_report
-from byzlab.sweeps.spec import DEFAULT_TABLE_METRIC, SPEC_FILE, Sweep, check_table_metric, load_saved_sweep
+from byzlab.sweeps.report import BACKDOOR_KEY, records_from_mlflow, records_from_sweep_dir, write_report
+from byzlab.sweeps.search import RANDOM, SEARCH_DEFAULTS, SEARCH_METRIC, is_backdoor, scheduler, searcher
+from byzlab.sweeps.search_report import write_search_report
+from byzlab.sweeps.spec import (
+    DEFAULT_TABLE_METRIC,
+    SPEC_FILE,
+    TABLE_METRICS,
+    Sweep,
+    SweepSpec,
+    check_table_metric,
+    load_saved_sweep,
+)
 from byzlab.sweeps.trainable import run_trial
 
 STATE_FILE = "sweep.json"
@@ -73,9 +83,12 @@ class SweepPlan:
                 server_gpus=resources.server.num_gpus,
             )
             tree["tracking"]["uri"] = tracking_uri(self.base)
-            configs.append(
-                {"run_id": trial.run_id, "config": tree, "labels": trial.labels, "bundles": trial_bundles(resources)}
-            )
+            configs.append({
+                "run_id": None if trial.searched else trial.run_id,  # a search's: known once sampled
+                "config": tree, "labels": trial.labels, "bundles": trial_bundles(resources),
+                **({"searched": {name: s.key for name, s in trial.searched.items()}} if trial.searched else {}),
+                **({"metric": metric} if (metric := backdoor_metric(self.sweep).get(trial.index)) else {}),
+            })
         return configs
 
 
@@ -146,7 +159,8 @@ def check_data(sweep: Sweep) -> None:
 def describe(plan_: SweepPlan, max_concurrent: int | None) -> list[str]:
     """The dry run's account: trials, what each reserves, how many run at once, the total work."""
     trials = plan_.sweep.trials
-    lines = [f"sweep '{plan_.sweep.spec.name}': {len(trials)} trials -> {plan_.directory}"]
+    kind = "settings to search" if plan_.sweep.searching else "trials"
+    lines = [f"sweep '{plan_.sweep.spec.name}': {len(trials)} {kind} -> {plan_.directory}"]
     requests: dict[str, int] = {}
     for resources in plan_.resources:
         text = f"{resources.describe()} = {resources.total_cpus:g} CPUs, {resources.total_gpus:g} GPUs"
@@ -157,17 +171,25 @@ def describe(plan_: SweepPlan, max_concurrent: int | None) -> list[str]:
     if max_concurrent is not None:
         at_once = min(at_once, max_concurrent)
     lines.append(f"cluster: {plan_.cluster.describe()} -> up to {at_once} trial(s) at a time")
+    search = plan_.sweep.spec.search
+    if plan_.sweep.searching:
+        samples = search.num_samples * (len(trials) if search.algorithm == RANDOM else 1)
+        lines.append(f"search ({search.algorithm}): {samples} samples of {len(trials)} setting(s)"
+                     + (f", ASHA on {search.scheduler.metric} (the work below is what runs without it)"
+                        if search.scheduler else ""))
     rounds = updates = epochs = steps = 0
     for trial in trials:
         run, clients = trial.config.run, trial.config.clients
-        rounds += run.rounds
-        updates += run.rounds * clients.clients_per_round
+        repeats = 1 if not trial.searched else search.num_samples if search.algorithm == RANDOM else (
+            search.num_samples / len(trials))  # a model-based searcher: num_samples in all
+        rounds += repeats * run.rounds
+        updates += repeats * run.rounds * clients.clients_per_round
         if clients.local_steps is None:
-            epochs += run.rounds * clients.clients_per_round * clients.local_epochs
+            epochs += repeats * run.rounds * clients.clients_per_round * clients.local_epochs
         else:
-            steps += run.rounds * clients.clients_per_round * clients.local_steps
-    local_work = [f"{n:,} local {unit}" for n, unit in ((epochs, "epochs"), (steps, "steps")) if n]
-    lines.append(f"total work: {rounds:,} rounds, {updates:,} client updates ({', '.join(local_work)})")
+            steps += repeats * run.rounds * clients.clients_per_round * clients.local_steps
+    local_work = [f"{n:,.0f} local {unit}" for n, unit in ((epochs, "epochs"), (steps, "steps")) if n]
+    lines.append(f"total work: {rounds:,.0f} rounds, {updates:,.0f} client updates ({', '.join(local_work)})")
     return lines
 
 
@@ -235,28 +257,82 @@ def _parent_run(plan_: SweepPlan, sweep_id: str) -> str:
 
 
 def _trial_dirname(trial: Any) -> str:
-    return trial.config["trial"]["run_id"]
+    return trial.config["trial"]["run_id"] or trial.trial_id
 
 
 def _trainable() -> Any:
     return tune.with_resources(run_trial, trial_resources)
 
 
+def backdoor_metric(sweep: Sweep) -> dict[int, str]:
+    """The worst-attack search's settings measured by the backdoor's success rate (maximised) instead of the
+    accuracy, by trial index."""
+    if sweep.spec.objective != "worst_attack":
+        return {}
+    return {t.index: BACKDOOR_KEY for t in sweep.trials if t.searched and is_backdoor(t.config.threat.attack)}
+
+
+def search_objective(spec: SweepSpec) -> tuple[str, str]:
+    """The metric a search optimises and which way: the sweep's, else the report's; max unless lower is better,
+    and the other way round for the worst attack."""
+    metric = spec.search.metric or spec.report.metric
+    worse = "max" if TABLE_METRICS[metric].lower_is_better else "min"
+    better = "min" if worse == "max" else "max"
+    return metric, spec.search.mode or (worse if spec.objective == "worst_attack" else better)
+
+
+def _search_options(plan_: SweepPlan, max_concurrent: int | None) -> dict[str, Any]:
+    """Tune's search space, searcher, scheduler and sample count for a sweep with distributions. The first
+    point runs the searched parameters at their defaults: for random search, a point that sets
+    ``search_defaults`` (the trainable then applies no sampled value: a default such as LIE's z = None lies in
+    no distribution); a model-based searcher gets the default values, where they lie in its space."""
+    spec = plan_.sweep.spec
+    searched = {name: s for trial in plan_.sweep.trials for name, s in trial.searched.items()}
+    metric, mode = search_objective(spec)
+    if spec.search.algorithm == RANDOM:
+        points = [{SEARCH_DEFAULTS: True}]
+    elif all(s.distribution.contains(s.default) for s in searched.values()):
+        points = [{f"search/{name}": s.default for name, s in searched.items()}]  # flattened, as they take it
+    else:
+        points = []
+    rounds = max(trial.config.run.rounds for trial in plan_.sweep.trials)
+    try:
+        algorithm = searcher(spec.search, SEARCH_METRIC, mode, points, max_concurrent)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return {
+        "space": {"search": {name: s.distribution.domain() for name, s in searched.items()}, SEARCH_DEFAULTS: False},
+        "tune": {"search_alg": algorithm, "scheduler": scheduler(spec.search, rounds),
+                 "num_samples": spec.search.num_samples},
+        "sweep": {"metric": metric, "stoppable": spec.search.scheduler is not None},
+    }
+
+
 def _new_tuner(plan_: SweepPlan, state: dict[str, Any], max_concurrent: int | None,
                callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
     """Tune reuses a finished trial's trainable (and so its actors, sweeps/trainable.py) for the next trial
-    that asks for the same placement group, unless the sweep file sets ``reuse_workers: false``."""
+    that asks for the same placement group, unless the sweep file sets ``reuse_workers: false``. A search
+    samples its distributions with the sweep's searcher (one setting: a constant trial config for a
+    model-based searcher, which cannot take Tune's grid)."""
     spec = plan_.sweep.spec
+    configs = plan_.trial_configs()
+    sweep = {"name": spec.name, "id": state["sweep_id"], "parent_run_id": state["parent_run_id"],
+             "reuse_workers": spec.reuse_workers}
+    param_space: dict[str, Any] = {"trial": tune.grid_search(configs), "sweep": sweep}
+    search: dict[str, Any] = {}
+    if plan_.sweep.searching:
+        options = _search_options(plan_, max_concurrent)
+        search = options["tune"]
+        sweep.update(options["sweep"])
+        param_space.update(options["space"])
+        if spec.search.algorithm != RANDOM:
+            param_space["trial"] = configs[0]
     return tune.Tuner(
         _trainable(),
-        param_space={
-            "trial": tune.grid_search(plan_.trial_configs()),
-            "sweep": {"name": spec.name, "id": state["sweep_id"], "parent_run_id": state["parent_run_id"],
-                      "reuse_workers": spec.reuse_workers},
-        },
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname,
-            trial_name_creator=_trial_dirname, reuse_actors=spec.reuse_workers,
+            trial_name_creator=_trial_dirname, reuse_actors=spec.reuse_workers, **search,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
@@ -352,6 +428,8 @@ def _run(plan_: SweepPlan, tuner: tune.Tuner, parent_run_id: str | None) -> Swee
     # The live table replaces Tune's console output; forced experiment snapshots (num_to_keep) are wanted.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # a search's trial may report no evaluation yet (run.eval_every > 1): the scheduler then waits for one
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     try:
         results = tuner.fit()
     except BaseException:
@@ -363,9 +441,14 @@ def _run(plan_: SweepPlan, tuner: tune.Tuner, parent_run_id: str | None) -> Swee
         for result in results
         if result.error is not None
     ]
-    run_dirs = [RunDirectory(directory / RUNS_DIR / trial.run_id) for trial in plan_.sweep.trials]
-    finished = sum(run_dir.exists() and run_dir.read_state()["status"] == "finished" for run_dir in run_dirs)
-    outcome = SweepOutcome(directory, len(plan_.sweep.trials), finished, failed)
+    if plan_.sweep.searching:  # a search's trials: Tune's, each a finished or stopped run unless it failed
+        _settle_stopped(plan_, results)
+        total, finished = len(results), sum(result.error is None for result in results)
+    else:
+        run_dirs = [RunDirectory(directory / RUNS_DIR / trial.run_id) for trial in plan_.sweep.trials]
+        total = len(plan_.sweep.trials)
+        finished = sum(run_dir.exists() and run_dir.read_state()["status"] == "finished" for run_dir in run_dirs)
+    outcome = SweepOutcome(directory, total, finished, failed)
     if finished:
         outcome.report = report(directory)
     status = "finished" if outcome.complete else ("failed" if failed else "interrupted")
@@ -375,6 +458,34 @@ def _run(plan_: SweepPlan, tuner: tune.Tuner, parent_run_id: str | None) -> Swee
         outcome.parent_run = (open_experiment(plan_.base)[1], parent_run_id)
         outcome.ui_options = _ui_options(plan_.base)
     return outcome
+
+
+SETTLE_SECONDS = 30.0
+
+
+def _settle_stopped(plan_: SweepPlan, results: Any) -> None:
+    """The runs the scheduler stopped, recorded as stopped before the report reads them. A stopped trial's
+    thread records that itself (experiment.StopRun) while Tune moves on, so the last ones may still be at
+    it when Tune returns: wait for them (at most SETTLE_SECONDS), then record what a thread ended before
+    recording (its process gone) from here: status ``stopped``, the MLflow run FINISHED with its tag."""
+    stopped = []
+    for result in results:
+        metrics = result.metrics or {}
+        rounds = result.config["trial"]["config"]["run"]["rounds"]
+        if result.error is None and metrics.get("run_id") and int(metrics.get("round", rounds)) < rounds:
+            stopped.append((RunDirectory(plan_.directory / RUNS_DIR / metrics["run_id"]), int(metrics["round"])))
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while any(d.read_state()["status"] == "running" for d, _ in stopped) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for run_dir, last_round in stopped:
+        state = run_dir.read_state()
+        if state["status"] != "running":
+            continue
+        run_dir.update_state(status="stopped", stopped_round=last_round)
+        if state.get("mlflow_run_id") and plan_.base.tracking.enabled:
+            client = MlflowClient(tracking_uri=tracking_uri(plan_.base))
+            client.set_tag(state["mlflow_run_id"], "byzlab.stopped_early", str(last_round))
+            client.set_terminated(state["mlflow_run_id"], status="FINISHED")
 
 
 def _ui_options(base: ExperimentConfig) -> str:
@@ -403,10 +514,16 @@ def report(source: str | Path, *, out: Path | None = None, output_dir: Path = Pa
             raise ConfigError(f"--metric: {err}") from None
     if (source_path / STATE_FILE).is_file():
         state = read_state(source_path)
-        records = records_from_sweep_dir(source_path)
         store, parent_run_id = state.get("tracking_uri"), state.get("parent_run_id")
         out = out or source_path / REPORT_DIR
-        metric = metric or load_saved_sweep(source_path).spec.report.metric
+        sweep = load_saved_sweep(source_path)
+        if sweep.searching:
+            search_metric, mode = search_objective(sweep.spec)
+            paths = write_search_report(sweep, source_path, out, metric or search_metric, mode, backdoor_metric(sweep))
+            _log_report(store, parent_run_id, paths)
+            return paths
+        records = records_from_sweep_dir(source_path)
+        metric = metric or sweep.spec.report.metric
     else:
         store = uri or default_tracking_uri(output_dir)
         if uri is None and not (output_dir / "mlflow.db").is_file():
@@ -416,8 +533,12 @@ def report(source: str | Path, *, out: Path | None = None, output_dir: Path = Pa
     if not records:
         raise ConfigError(f"'{source}' has no finished trial to report on")
     paths = write_report(records, out, metric or DEFAULT_TABLE_METRIC)
+    _log_report(store, parent_run_id, paths)
+    return paths
+
+
+def _log_report(store: str | None, parent_run_id: str | None, paths: list[Path]) -> None:
     if store and parent_run_id:
         client = MlflowClient(tracking_uri=store)
         for path in paths:
             client.log_artifact(parent_run_id, str(path), artifact_path=REPORT_DIR)
-    return paths

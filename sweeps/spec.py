@@ -21,7 +21,9 @@ report: {metric: acc_best}            # the table's metric (default acc_last5_me
 ```
 
 A list in a parameter grid means "sweep these values"; a parameter whose value is itself a list is written
-as a list of lists. Every expanded trial is validated as an experiment config before anything runs.
+as a list of lists. A value may also be a distribution (``{uniform: [0.5, 3]}``), searched with the
+``search:`` section instead of swept (sweeps/search.py). Every expanded trial is validated as an experiment
+config before anything runs; a searched parameter at each end of its distribution.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -44,6 +46,7 @@ from byzlab.orchestrator.config import (
     set_dotted,
 )
 from byzlab.orchestrator.core.errors import ConfigError
+from byzlab.sweeps.search import UNSEARCHABLE_PREFIXES, Distribution, SearchSpec, as_distribution, search_variable
 
 PACKAGED_SWEEPS = Path(__file__).parent
 SPEC_FILE = "sweep.yaml"  # the validated sweep file, kept in the sweep's directory
@@ -93,7 +96,8 @@ class SweepSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the sweep's name (its directory)")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="the experiment config every trial starts from")
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+    grid: dict[str, list[Any] | dict[str, Any]] = Field(
+        default_factory=dict, description="dotted key -> values, or a distribution to search")
     defenses: dict[str, dict[str, Any]] | None = Field(None, description="aggregator -> parameter grid")
     attacks: dict[str, dict[str, Any]] | None = Field(None, description="attack -> parameter grid")
     seeds: list[int] | None = Field(None, min_length=1, description="run.seed values")
@@ -101,15 +105,22 @@ class SweepSpec(BaseModel):
     reuse_workers: bool = Field(True, description="a trial borrows the trainable process and the client and server "
                                 "actors of the trial before it on its slot (false: three new processes per trial)")
     report: ReportSpec = Field(default_factory=ReportSpec, description="what the report's table shows")
+    search: SearchSpec | None = Field(None, description="how distributions are searched (sweeps/search.py)")
+    objective: Literal["worst_attack"] | None = Field(
+        None, description="worst_attack: search each attack's parameters for the defense's lowest accuracy "
+        "(a backdoor's highest success rate)")
 
     @field_validator("grid")
     @classmethod
-    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def _grid(cls, grid: dict[str, list[Any] | dict[str, Any]]) -> dict[str, list[Any] | dict[str, Any]]:
         for key, values in grid.items():
             if not values:
                 raise ValueError(f"'{key}' has no values")
             if key == "run.seed":
                 raise ValueError("'run.seed' is swept with the top-level `seeds` list")
+            if isinstance(values, dict) and as_distribution(values, key) is None:
+                raise ValueError(f"'{key}': a list of values or a distribution ({{uniform: [low, high]}}, loguniform, "
+                                 f"randint, choice), got {values!r}")
         return grid
 
     @field_validator("defenses", "attacks")
@@ -121,7 +132,17 @@ class SweepSpec(BaseModel):
             for key, values in (params or {}).items():
                 if values == []:
                     raise ValueError(f"'{name}.{key}' has no values")
+                as_distribution(values, f"{name}.{key}")  # a malformed distribution is an error here
         return variants
+
+
+@dataclass(frozen=True)
+class Searched:
+    """A parameter a trial searches: its dotted config key, distribution and default value."""
+
+    key: str
+    distribution: Distribution
+    default: Any
 
 
 @dataclass(frozen=True)
@@ -129,7 +150,8 @@ class Trial:
     index: int
     overrides: dict[str, Any]  # dotted key -> value: what distinguishes this trial from the base
     labels: dict[str, str]  # short description for tables and the live view: defense, attack, seed, ...
-    config: ExperimentConfig
+    config: ExperimentConfig  # with searched parameters: at their defaults
+    searched: dict[str, Searched] = field(default_factory=dict)  # Tune variable -> the parameter it sets
 
     @property
     def run_id(self) -> str:
@@ -141,10 +163,19 @@ class Sweep:
     spec: SweepSpec
     trials: list[Trial]
 
+    @property
+    def searching(self) -> bool:
+        return any(trial.searched for trial in self.trials)
 
-def _product(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+
+def _product(grid: dict[str, list[Any] | dict[str, Any]], where: str = "grid") -> list[dict[str, Any]]:
+    """Every combination of the listed values; a distribution stays one value (a Distribution), searched."""
     keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+    columns = []
+    for key, values in grid.items():
+        distribution = as_distribution(values, f"{where}.{key}")
+        columns.append([distribution] if distribution else values)
+    return [dict(zip(keys, values)) for values in itertools.product(*columns)]
 
 
 def _variants(name_key: str, params_key: str, spec: dict[str, dict[str, Any]]) -> list[tuple[dict, str]]:
@@ -152,9 +183,10 @@ def _variants(name_key: str, params_key: str, spec: dict[str, dict[str, Any]]) -
     block's parameters replace the base's (parameters meant for the base's rule would not fit another)."""
     variants = []
     for name, params in spec.items():
-        grid = {k: v if isinstance(v, list) else [v] for k, v in (params or {}).items()}
-        swept = [k for k, values in grid.items() if len(values) > 1]
-        for combo in _product(grid):
+        grid = {k: v if isinstance(v, list) or as_distribution(v, f"{name}.{k}") else [v]
+                for k, v in (params or {}).items()}
+        swept = [k for k, values in grid.items() if isinstance(values, list) and len(values) > 1]
+        for combo in _product(grid, name):
             overrides = {name_key: name, params_key: {}, **{f"{params_key}.{k}": v for k, v in combo.items()}}
             label = name + (f" ({', '.join(f'{k}={combo[k]}' for k in swept)})" if swept else "")
             variants.append((overrides, label))
@@ -219,22 +251,97 @@ def _exclude(spec: SweepSpec, candidates: list[tuple[dict[str, Any], dict[str, s
     return kept
 
 
+def read_dotted(tree: dict[str, Any], key: str) -> Any:
+    """``read_dotted(tree, "partition.beta")`` is ``tree["partition"]["beta"]`` (None where a section lacks it)."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _search_owner(spec: SweepSpec, key: str, overrides: dict[str, Any]) -> str | None:
+    """The defense or attack whose block a searched key comes from (None: the grid's)."""
+    if key in spec.grid:
+        return None
+    return overrides["server.aggregator"] if key.startswith(_DEFENSE_KEYS[1]) else overrides["threat.attack"]
+
+
+def _build(spec: SweepSpec, overrides: dict[str, Any]) -> ExperimentConfig:
+    tree = json.loads(json.dumps(spec.base))
+    for key, value in overrides.items():
+        set_dotted(tree, key, copy.deepcopy(value))  # later keys may fill a section this one sets
+    return build_config(tree)
+
+
+def _searched_trial(spec: SweepSpec, index: int, overrides: dict[str, Any], labels: dict[str, str]) -> Trial:
+    """A trial with searched parameters: its config is the one without them (their defaults), validated
+    besides with each parameter at both ends of its distribution (the others at their low end)."""
+    fixed = {k: v for k, v in overrides.items() if not isinstance(v, Distribution)}
+    searched = {k: v for k, v in overrides.items() if isinstance(v, Distribution)}
+    config = _build(spec, fixed)  # the searched parameters at their defaults: what a sample starts from
+    defaults = config.to_dict()
+    low = {k: d.extremes()[0] for k, d in searched.items()}
+    for key, distribution in searched.items():
+        for value in distribution.extremes():
+            try:
+                _build(spec, {**fixed, **low, key: value})
+            except ConfigError as err:
+                raise ConfigError(f"{key}={value!r}, in its distribution {distribution}: {err}") from None
+    variables = {
+        search_variable(key, _search_owner(spec, key, overrides)): Searched(key, distribution, read_dotted(defaults, key))
+        for key, distribution in searched.items()
+    }
+    return Trial(index, overrides, labels, config, variables)
+
+
+def _check_search(spec: SweepSpec, trials: list[Trial]) -> None:
+    """The search section and the distributions fit together; one clear line otherwise."""
+    keys = {s.key: name for trial in trials for name, s in trial.searched.items()}
+    if keys and spec.search is None:
+        raise ConfigError(f"'{next(iter(keys))}' is a distribution: add a `search:` section (num_samples, algorithm) "
+                          "to search it, or give a list of values to sweep")
+    if spec.search is None:
+        if spec.objective:
+            raise ConfigError(f"objective {spec.objective}: needs a `search:` section and attack parameters to search")
+        return
+    if not keys:
+        raise ConfigError("search: no value of the sweep is a distribution ({uniform: [low, high]}, loguniform, "
+                          "randint, choice): nothing to search")
+    for key in keys:
+        if key.startswith(UNSEARCHABLE_PREFIXES):
+            raise ConfigError(f"'{key}': run.*, data.* and tracking.* keys are not searched (they fix the execution "
+                              "and the data a sweep loads once); list their values instead")
+    try:
+        check_table_metric(spec.search.metric or spec.report.metric)
+    except ValueError as err:
+        raise ConfigError(f"search.metric: {err}") from None
+    if spec.objective == "worst_attack":
+        outside = [key for key in keys if not key.startswith(_ATTACK_KEYS[1]) or key in spec.grid]
+        if outside or spec.attacks is None:
+            raise ConfigError("objective worst_attack searches the parameters of the `attacks` block only"
+                              + (f"; '{outside[0]}' is not one" if outside else ""))
+    if spec.search.algorithm != "random" and len(trials) > 1:
+        raise ConfigError(
+            f"search.algorithm {spec.search.algorithm}: a model-based searcher searches one setting, and this sweep "
+            f"has {len(trials)} (grid points x defenses x attacks x seeds); use algorithm random, or one sweep per "
+            "setting")
+
+
 def expand(spec: SweepSpec) -> Sweep:
     """All trials of the sweep, in order (grid point, then attack, then defense, then seed), each one
-    validated; raises ConfigError naming the first invalid trial and how many there are."""
+    validated; raises ConfigError naming the first invalid trial and how many there are. A trial with
+    distributions stands for the samples a search draws from it."""
     _check_keys(spec)
     kept = _exclude(spec, _candidates(spec, build_config(spec.base)))
     trials, invalid, seen = [], [], {}
     for index, (overrides, labels) in enumerate(kept):
-        tree = json.loads(json.dumps(spec.base))
-        for key, value in overrides.items():
-            set_dotted(tree, key, copy.deepcopy(value))  # later keys may fill a section this one sets
         try:
-            config = build_config(tree)
+            if any(isinstance(v, Distribution) for v in overrides.values()):
+                trial = _searched_trial(spec, index, overrides, labels)
+            else:
+                trial = Trial(index, overrides, labels, _build(spec, overrides))
         except ConfigError as err:
             invalid.append(f"trial {index} ({_describe(overrides)}): {err}")
             continue
-        trial = Trial(index, overrides, labels, config)
         if trial.run_id in seen:
             raise ConfigError(
                 f"trials {seen[trial.run_id]} and {index} are the same experiment ({_describe(overrides)}); "
@@ -245,6 +352,7 @@ def expand(spec: SweepSpec) -> Sweep:
     if invalid:
         remedy = "" if len(invalid) == len(kept) else " (drop invalid combinations with `exclude`)"
         raise ConfigError(f"{len(invalid)} of {len(kept)} trials are invalid{remedy}; first: {invalid[0]}")
+    _check_search(spec, trials)
     return Sweep(spec, trials)
 
 

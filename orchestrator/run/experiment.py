@@ -358,6 +358,28 @@ def _loop(run: ActiveRun, server: Any, on_round: RoundCallback | None) -> str:
     return ray.get(server.describe.remote())["device"]
 
 
+class StopRun(Exception):
+    """Raised by an ``on_round`` callback to end the run after the round it was called for: a search's
+    scheduler (ASHA) stopped the trial. The run is kept as ``stopped`` with the summary of its rounds so far
+    (resumable like an interrupted run), and its MLflow run ends FINISHED with the tag
+    ``byzlab.stopped_early`` = the last round."""
+
+
+def _stop(run: ActiveRun) -> dict[str, float]:
+    """End a run a scheduler stopped: its rows kept, its summary so far recorded; returns that summary."""
+    run.persist(run.start_round, None)
+    run_dir = run.prepared.run_dir
+    metrics = run_dir.read_table("metrics")
+    evaluated = any(a is not None for a in metrics.column("test_accuracy").to_pylist())
+    summary = summarize(metrics) if evaluated else {}
+    last_round = int(max(metrics.column("round").to_pylist()))
+    if run.tracker:
+        run.tracker.log_summary(summary, tags={"byzlab.stopped_early": str(last_round)})
+        run.tracker.finish("FINISHED")
+    run_dir.update_state(status="stopped", summary=summary, stopped_round=last_round)
+    return summary
+
+
 def _interrupt(run: ActiveRun, err: BaseException) -> None:
     """Keep the rows of the rounds since the checkpoint (resume drops and reruns them)."""
     run.persist(run.start_round, None)
@@ -429,6 +451,9 @@ def _rounds_surviving_actor_deaths(run: ActiveRun, resources: RunResources, on_r
         try:
             server, _ = workers.borrow(run.prepared.inputs, resources)
             return _loop(run, server, on_round)
+        except StopRun:
+            _stop(run)  # the actors are sound: they stay in the pool for the next run
+            raise
         except RayActorError as err:
             workers.discard()
             if restarts == cfg.run.actor_restarts:

@@ -36,7 +36,7 @@ from byzlab.orchestrator.core.errors import ConfigError
 from byzlab.orchestrator.core.plugins import first_line
 
 TableName = Literal["metrics", "clients"]
-STATUSES = ("created", "running", "interrupted", "finished")
+STATUSES = ("created", "running", "interrupted", "stopped", "finished")  # stopped: early, by a search's scheduler
 START_OVER = "start the run over with `byzlab run <its config> --force`"
 RESTORE = "restore {file} from a copy, or " + START_OVER
 

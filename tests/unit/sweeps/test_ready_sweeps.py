@@ -456,3 +456,29 @@ def test_a_paper_sweep_reports_the_metric_its_paper_does(name):
     expected = {"lasa": "acc_best", "sdea": "acc_last5_mean", "residual": "acc_final", "fedra": "acc_final",
                 "pawbrofl": "acc_last5_mean"}[paper]
     assert _sweep(name).spec.report.metric == expected
+
+
+@pytest.mark.parametrize("name", ["tune_lasa_digits", "worst_case_digits"])
+def test_search_sweeps_state_their_budget_and_time(name):
+    header = "\n".join(_header(PACKAGED_SWEEPS / f"{name}.yaml"))
+    assert re.search(r"^# Budget: \d+ trials", header, re.MULTILINE)
+    assert "Time on 2 CPU cores" in header
+
+
+def test_tune_lasa_digits_runs_optuna_with_asha_over_lasas_radii_and_sparsity():
+    sweep = _sweep("tune_lasa_digits")
+    (setting,) = sweep.trials
+    assert {s.key.rsplit(".", 1)[-1] for s in setting.searched.values()} == {"lambda_m", "lambda_d", "sparsity"}
+    assert setting.config.threat.attack == "byzmean"
+    search = sweep.spec.search
+    assert (search.algorithm, search.scheduler.name, search.scheduler.metric) == ("optuna", "asha", "test_accuracy")
+
+
+def test_worst_case_digits_searches_three_families_against_four_defenses():
+    sweep = _sweep("worst_case_digits")
+    assert sweep.spec.objective == "worst_attack"
+    assert {(t.labels["defense"], t.labels["attack"]) for t in sweep.trials} == {
+        (d, a) for d in ("median", "trimmed_mean", "lasa", "fedra") for a in ("lie", "sign_flip", "byzmean")}
+    searched = {t.labels["attack"]: {s.key for s in t.searched.values()} for t in sweep.trials}
+    assert searched == {"lie": {"threat.attack_params.z"}, "sign_flip": {"threat.attack_params.scale"},
+                        "byzmean": {"threat.attack_params.base_params.z"}}
