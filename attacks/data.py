@@ -144,6 +144,12 @@ class PairFlip(_NoiseFlip):
     noise = "pair"
 
 
+def attacker_recipe(params: Any) -> dict[str, Any]:
+    """The attacker's own local epochs and learning rate, where its parameters set them."""
+    overrides = {"local_epochs": params.local_epochs, "lr": params.lr}
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
 class LabelFlipParams(AttackParams):
     source: int | None = Field(
         None, ge=0,
@@ -154,6 +160,17 @@ class LabelFlipParams(AttackParams):
         None, ge=0, validate_default=True,
         description="label the source class is flipped to (residual paper §4.2: 7 on MNIST); "
         "set together with source",
+    )
+
+    local_epochs: int | None = Field(
+        None, ge=1,
+        description="the attacker's local epochs; None = the clients' recipe (the residual authors' README runs "
+        "give their label flippers 10 against the benign 5; Table 2's text: 5 more)",
+    )
+    lr: float | None = Field(
+        None, gt=0.0,
+        description="the attacker's local learning rate; None = the clients' recipe (the residual authors' code "
+        "multiplies it by 10 whenever the attacker's epochs differ, main_nn.py l.143-150)",
     )
 
     @field_validator("target")
@@ -189,6 +206,9 @@ class LabelFlip(DataAttack[LabelFlipParams]):
             return (num_classes - 1) - y
         self.check_data((), num_classes)
         return torch.where(y == source, torch.full_like(y, target), y)
+
+    def local_recipe_overrides(self) -> dict[str, Any]:
+        return attacker_recipe(self.params)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -359,8 +379,7 @@ class _TriggerAttack(DataAttack[TP]):
         return triggered, torch.full_like(y[keep], self.params.target)
 
     def local_recipe_overrides(self) -> dict[str, Any]:
-        overrides = {"local_epochs": self.params.local_epochs, "lr": self.params.lr}
-        return {key: value for key, value in overrides.items() if value is not None}
+        return attacker_recipe(self.params)
 
 
 RESIDUAL_CODE_TRIGGER = ((0, 0, 1, 3), (0, 4, 1, 3), (2, 0, 1, 3), (2, 4, 1, 3))
@@ -530,8 +549,7 @@ class _RowTriggerBackdoor(DataAttack[RP]):
         return self._triggered(x)[keep], torch.full_like(y[keep], self.params.target)
 
     def local_recipe_overrides(self) -> dict[str, Any]:
-        overrides = {"local_epochs": self.params.local_epochs, "lr": self.params.lr}
-        return {key: value for key, value in overrides.items() if value is not None}
+        return attacker_recipe(self.params)
 
 
 class FeatureBackdoorParams(RowTriggerParams):

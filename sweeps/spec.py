@@ -52,6 +52,7 @@ PACKAGED_SWEEPS = Path(__file__).parent
 SPEC_FILE = "sweep.yaml"  # the validated sweep file, kept in the sweep's directory
 _DEFENSE_KEYS = ("server.aggregator", "server.aggregator_params.")
 _ATTACK_KEYS = ("threat.attack", "threat.attack_params.")
+_ATTACK_SCHEDULE = ("threat.start_round", "threat.every")  # searched by worst_attack besides the attacks' own
 SHORT_NAMES = {"partition.beta": "β", "threat.fraction": "Φ"}
 
 
@@ -315,9 +316,11 @@ def _check_search(spec: SweepSpec, trials: list[Trial]) -> None:
     except ValueError as err:
         raise ConfigError(f"search.metric: {err}") from None
     if spec.objective == "worst_attack":
-        outside = [key for key in keys if not key.startswith(_ATTACK_KEYS[1]) or key in spec.grid]
+        outside = [key for key in keys
+                   if not (key.startswith(_ATTACK_KEYS[1]) and key not in spec.grid) and key not in _ATTACK_SCHEDULE]
         if outside or spec.attacks is None:
-            raise ConfigError("objective worst_attack searches the parameters of the `attacks` block only"
+            raise ConfigError("objective worst_attack searches the parameters of the `attacks` block and the "
+                              "attack's schedule (grid keys threat.start_round, threat.every) only"
                               + (f"; '{outside[0]}' is not one" if outside else ""))
     if spec.search.algorithm != "random" and len(trials) > 1:
         raise ConfigError(

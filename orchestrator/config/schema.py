@@ -559,12 +559,16 @@ _EXECUTION_FIELDS = {
 
 
 # Parameters added after runs were stored, with the value that computes what those runs computed: at that
-# value they are left out of the identity, so the stored runs keep their ids (and resume).
+# value they are left out of the identity, so the stored runs keep their ids (and resume). The last element
+# names the attack or rule the parameter was added to (None: any that has it).
 _ADDED_LATER = {
-    ("threat", "attack_params", "variant"): "paper",
-    ("server", "aggregator_params", "variant"): "paper",
-    ("threat", "attack_params", "asr_images"): "other_classes",
+    ("threat", "attack_params", "variant", None): "paper",
+    ("server", "aggregator_params", "variant", None): "paper",
+    ("threat", "attack_params", "asr_images", None): "other_classes",
+    ("threat", "attack_params", "local_epochs", "label_flip"): None,
+    ("threat", "attack_params", "lr", "label_flip"): None,
 }
+_COMPONENT = {"threat": "attack", "server": "aggregator"}
 
 
 def run_id(cfg: ExperimentConfig) -> str:
@@ -573,9 +577,11 @@ def run_id(cfg: ExperimentConfig) -> str:
     for section, fields in _EXECUTION_FIELDS.items():
         for name in fields:
             identity[section].pop(name, None)
-    for (section, params, name), earlier in _ADDED_LATER.items():
+    for (section, params, name, component), earlier in _ADDED_LATER.items():
         values = identity.get(section, {}).get(params)
-        if isinstance(values, dict) and values.get(name) == earlier:
+        if component is not None and identity[section].get(_COMPONENT[section]) != component:
+            continue
+        if isinstance(values, dict) and name in values and values[name] == earlier:
             del values[name]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return digest[:12]

@@ -474,3 +474,10 @@ def test_defaults_from_the_papers():
     for cls_name in ALL:
         for field in build(cls_name).Params.model_fields.values():
             assert field.description, cls_name
+
+
+def test_label_flippers_may_train_on_a_recipe_of_their_own():
+    """The residual authors' label flippers: 10 local epochs at 10x the lr (their README's --attacker_ep 10)."""
+    assert build("label_flip", source=1, target=7).local_recipe_overrides() == {}
+    assert build("label_flip", source=1, target=7, local_epochs=10, lr=0.1).local_recipe_overrides() == {
+        "local_epochs": 10, "lr": 0.1}

@@ -105,6 +105,14 @@ def test_a_defense_variant_added_later_keeps_the_ids_of_runs_stored_before_it():
     assert run_id(build_config({}, [*sageflow, "server.aggregator_params.variant=sdea_code"])) != "865163607e73"
 
 
+def test_the_label_flippers_recipe_added_later_keeps_their_ids():
+    """The id this label-flipping run had before label_flip took local_epochs and lr (commit b3447e0)."""
+    flip = ["threat.attack=label_flip", "threat.fraction=0.2", "threat.attack_params.source=1",
+            "threat.attack_params.target=7"]
+    assert run_id(build_config({}, flip)) == "4f596d318cd2"
+    assert run_id(build_config({}, [*flip, "threat.attack_params.local_epochs=10"])) != "4f596d318cd2"
+
+
 def test_the_success_rates_images_added_later_keep_the_backdoor_ids():
     """The id this backdoor run had before ``asr_images`` and the trigger's ``variant`` (commit b3447e0)."""
     backdoor = ["threat.attack=backdoor", "threat.fraction=0.2"]

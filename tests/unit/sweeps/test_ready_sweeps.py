@@ -283,6 +283,10 @@ def test_residual_table6_covers_the_lambda_delta_grid(twin, reading):
     flips = {(t.config.threat.attack_params["source"], t.config.threat.attack_params["target"])
              for t in sweep.trials if t.config.threat.attack == "label_flip"}
     assert flips == {(1, 7)}
+    # 5 epochs more than the others (App. A.3, Fig. 3); the code's README also gives them 10x the lr
+    recipes = {(t.config.threat.attack_params["local_epochs"], t.config.threat.attack_params["lr"])
+               for t in sweep.trials if t.config.threat.attack == "label_flip"}
+    assert recipes == {(10, 0.1 if reading["variant"] == "residual_code" else None)}
     assert {t.config.partition.classes_per_client for t in sweep.trials if t.config.partition.scheme == "shards"} == {2}
 
 
@@ -322,6 +326,10 @@ def test_residual_tables1_3_cover_label_flipping_and_backdoors(twin, reading):
     flipped = {(t.config.data.dataset, t.config.threat.attack_params["source"], t.config.threat.attack_params["target"])
                for t in sweep.trials if t.config.threat.attack == "label_flip"}
     assert flipped == {("cifar10", 3, 5), ("amazon-kindle", None, None)}  # cat -> dog; every label
+    recipes = {(t.config.data.dataset, t.config.threat.attack_params["local_epochs"], t.config.threat.attack_params["lr"])
+               for t in sweep.trials if t.config.threat.attack == "label_flip"}
+    cifar = (10, 0.1) if reading["variant"] == "residual_code" else (None, None)  # the code's README; the text: none
+    assert recipes == {("cifar10", *cifar), ("amazon-kindle", 10, None)}  # Table 2: "5 more epochs"
     for t in sweep.trials:
         p = t.config.threat.attack_params
         if t.config.threat.attack in ("backdoor", "model_replacement"):  # App. A.5

@@ -57,6 +57,12 @@ def test_a_searched_setting_knows_its_parameters_and_their_defaults():
         1.0, 0.3)
 
 
+def test_a_worst_case_search_may_search_the_attacks_schedule():
+    sweep = _sweep(grid={"threat.start_round": {"randint": [1, 3]}}, defenses={"median": {}},
+                   attacks={"sign_flip": {}}, search={"num_samples": 2}, objective="worst_attack")
+    assert [s.key for s in sweep.trials[0].searched.values()] == ["threat.start_round"]
+
+
 def test_grid_and_search_mix_and_a_parameter_without_default_value_is_none():
     sweep = _sweep(grid={"partition.beta": [0.3, 0.5]}, defenses={"median": {}},
                    attacks={"lie": {"z": {"uniform": [0.1, 3.0]}}}, search={"num_samples": 2},
@@ -73,7 +79,7 @@ def test_grid_and_search_mix_and_a_parameter_without_default_value_is_none():
     ({"grid": {"run.rounds": {"randint": [1, 5]}}, "search": {"num_samples": 2}},
      "'run.rounds': run.\\*, data.\\* and tracking.\\* keys are not searched"),
     ({"defenses": LASA, "attacks": {"lie": {}}, "search": {"num_samples": 2}, "objective": "worst_attack"},
-     "objective worst_attack searches the parameters of the `attacks` block only"),
+     "objective worst_attack searches the parameters of the `attacks` block and the attack's schedule"),
     ({"defenses": {"median": {}, "lasa": {"sparsity": {"uniform": [0.1, 0.5]}}},
       "search": {"num_samples": 2, "algorithm": "optuna"}}, "a model-based searcher searches one setting"),
     ({"defenses": LASA, "search": {"num_samples": 2, "metric": "accuracy"}},
