@@ -7,7 +7,8 @@ beyond the input, and rank the updates with ``numerics.krum_order``. Equal Krum 
 total distance to all others, then by the lower row index; only in that last case (exactly tied updates)
 does the choice depend on the client order.
 
-``f`` is the Byzantine count the defense is told (``ctx.num_byzantine``). ``check_setting`` refuses
+``f`` is the Byzantine count the defense is told (``ctx.num_byzantine``; Multi-Krum's own ``f`` parameter
+overrides it, as the LASA authors' engine fixes it at 10). ``check_setting`` refuses
 configurations the rule cannot support; in a round that holds more declared attackers than the rule supports
 for that round's n (client sampling), ``aggregate`` clamps f to the largest feasible value and reports
 ``info["f_clamped"] = 1``.
@@ -28,10 +29,10 @@ coordinate range, but as large as the hostile rows.
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
 from byzlab.aggregators.numerics import coordinate_chunks, krum_order, mean_rows, pairwise_distances, sorted_median
@@ -59,9 +60,16 @@ class _KrumFamily(Aggregator[KP]):
     def _m(self) -> int | None:
         return getattr(self.params, "m", self.default_m)
 
+    @staticmethod
+    def assumed_f(params: KP, num_byzantine: int) -> int:
+        """The Byzantine count the rule works with: its own ``f`` parameter where it has one and it is set,
+        else the round's declared count."""
+        f = getattr(params, "f", None)
+        return num_byzantine if f is None else f
+
     @classmethod
     def check_setting(cls, params: KP, num_clients: int, num_byzantine: int) -> None:
-        n, f = num_clients, num_byzantine
+        n, f = num_clients, cls.assumed_f(params, num_byzantine)
         if n <= 2 * f + 2:
             raise ValueError(
                 f"{cls.name} needs n > 2f + 2 updates per round: n={n}, f={f} (2f + 2 = {2 * f + 2}; "
@@ -75,11 +83,12 @@ class _KrumFamily(Aggregator[KP]):
 
     @classmethod
     def tolerated_rows(cls, params: KP, num_clients: int, num_byzantine: int) -> int:
-        return min(num_byzantine, _largest_f(num_clients, 2, 3))
+        return min(cls.assumed_f(params, num_byzantine), _largest_f(num_clients, 2, 3))
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]
-        f = min(ctx.num_byzantine, _largest_f(n, 2, 3))
+        declared = self.assumed_f(self.params, ctx.num_byzantine)
+        f = min(declared, _largest_f(n, 2, 3))
         m = self._m()
         m = n - f if m is None else m
         m = max(1, min(m, n - f))
@@ -89,7 +98,7 @@ class _KrumFamily(Aggregator[KP]):
         accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
         accepted[chosen] = True
         update = mean_rows(updates[chosen])
-        info = {"f_clamped": float(f < ctx.num_byzantine), "selected": float(m)}
+        info = {"f_clamped": float(f < declared), "selected": float(m)}
         return AggregationResult(update=update, weights=weights, accepted=accepted, info=info)
 
 
@@ -114,6 +123,24 @@ class MultiKrumParams(AggregatorParams):
         description="number of lowest-score updates averaged; default n - f (Blanchard et al. 2017, §5), "
         "clamped to n - f",
     )
+    f: int | None = Field(
+        None,
+        ge=0,
+        description="the Byzantine count the rule assumes; None = the round's declared count (threat.declared_byzantine, "
+        "else the true one); the LASA authors' engine calls multi_krum with 10 whatever the attack ratio",
+    )
+    variant: Literal["paper", "lasa_code"] = Field(
+        "paper",
+        description="paper: Blanchard et al.'s Multi-Krum; lasa_code: the LASA authors' multi_krum (one update at a "
+        "time by Krum on the rest, until 2f + 2 remain; scores over the n - f - 2 smallest squared distances, "
+        "its own 0 among them)",
+    )
+
+    @model_validator(mode="after")
+    def _no_m_in_the_code(self) -> "MultiKrumParams":
+        if self.variant == "lasa_code" and self.m is not None:
+            raise ValueError("variant 'lasa_code' selects n - 2f - 2 updates, as the LASA authors' code: leave m unset")
+        return self
 
 
 @register
@@ -127,6 +154,37 @@ class MultiKrum(_KrumFamily[MultiKrumParams]):
     name = "multi_krum"
     Params = MultiKrumParams
     default_m = None
+
+    def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
+        if self.params.variant != "lasa_code":
+            return super().aggregate(updates, ctx)
+        return self._authors_code(updates, ctx)
+
+    def _authors_code(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
+        """The LASA authors' ``multi_krum`` (JiiahaoXU/LASA, ``algorithms/defense/byzantine_robust_aggregation.py``
+        l.10-51, with ``multi_k=True``): while more than 2f + 2 updates remain, score each remaining one by the
+        sum of the r - 2 - f smallest squared distances of its row (r remaining; its own 0 is one of them, so
+        r - 3 - f neighbours), move the lowest (the first of equal ones) to the selection; average the
+        selection, n - 2f - 2 updates. Their engine calls it with its default f = 10 whatever the attack ratio
+        (``algorithms/engine/fedavg_all.py``): give that count with the ``f`` parameter."""
+        n = updates.shape[0]
+        declared = self.assumed_f(self.params, ctx.num_byzantine)
+        f = min(declared, _largest_f(n, 2, 3))
+        distances = pairwise_distances(updates, 2)
+        remaining = torch.arange(n, device=updates.device)
+        chosen = []
+        while remaining.numel() > 2 * f + 2:
+            rows = distances[remaining][:, remaining].sort(dim=1).values
+            scores = rows[:, : remaining.numel() - 2 - f].sum(dim=1)
+            best = int(torch.argmin(scores))
+            chosen.append(int(remaining[best]))
+            remaining = torch.cat([remaining[:best], remaining[best + 1:]])
+        weights = torch.zeros(n, device=updates.device, dtype=updates.dtype)
+        weights[chosen] = 1.0 / len(chosen)
+        accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
+        accepted[chosen] = True
+        info = {"f_clamped": float(f < declared), "selected": float(len(chosen))}
+        return AggregationResult(update=mean_rows(updates[chosen]), weights=weights, accepted=accepted, info=info)
 
 
 class L1KrumParams(AggregatorParams):

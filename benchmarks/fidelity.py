@@ -9,7 +9,7 @@ local SGD lr 0.1, momentum 0.9; metric acc_best. The trials are those of the rea
 the FMNIST row, the defenses FedAvg, TrMean, Multi-Krum and LASA, the attacks none, TailoredTrMean, Lie and
 ByzMean, seed 0, and shortened to ``--rounds`` rounds (the sweeps run 100). Everything else is the sweeps' own
 config, expanded by the sweep machinery, except the placement: this machine's default (``byzlab run``'s) instead
-of the sweeps' 6-CPU trials. "none" is the same trial in both sweeps and runs once.
+of the sweeps' 6-CPU trials. A trial both sweeps have (no attack against a baseline both read alike) runs once.
 
 Each finished trial is kept in ``--store`` (JSON, keyed by run id), so an interrupted benchmark continues where
 it stopped; the table is written from the store. Run it alone on the machine (flock -x /tmp/byzlab-cpu.lock):
@@ -76,50 +76,63 @@ def run_trial(trial: Trial) -> dict:
 
     started = time.perf_counter()
     result = run_experiment(trial.config)
+    params = trial.config.server.aggregator_params
     return {
         "defense": trial.config.server.aggregator,
         "attack": trial.config.threat.attack,
         "variant": trial.config.threat.attack_params.get("variant", "paper"),
+        "defense_params": {k: params[k] for k in ("trim", "f", "variant") if params.get(k) is not None},
         "acc_best": result.summary["acc_best"],
         "acc_final": result.summary["acc_final"],
         "seconds": time.perf_counter() - started,
     }
 
 
-def table(store: dict, *, rounds: int, defenses: list[str], attacks: list[str], command: str) -> str:
-    cells = {(r["defense"], r["attack"], r["variant"]): r for r in store.values() if r.get("rounds") == rounds}
-    total = sum(r["seconds"] for r in store.values() if r.get("rounds") == rounds)
+def table(store: dict, twins: dict[str, set[str]], *, rounds: int, defenses: list[str], attacks: list[str],
+          command: str) -> str:
+    """The row's cells by sweep twin (``twins``: run id -> the sweeps that have that trial); stored runs of
+    this length that no sweep has any longer (an earlier reading of the code) are listed after the table."""
+    cells = {(r["defense"], r["attack"], twin): r for run_id, r in store.items() if r.get("rounds") == rounds
+             for twin in twins.get(run_id, ())}
+    current = [r for run_id, r in store.items() if r.get("rounds") == rounds and run_id in twins]
+    earlier = [r for run_id, r in store.items() if r.get("rounds") == rounds and run_id not in twins]
     lines = [
         f"# Fidelity: LASA Table 1, FMNIST row, {rounds} rounds, seed 0 (issue 14, item 3)",
         "",
-        f"`{command}`, {time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU. Trials: "
-        f"{len(cells)}, {total / 60:.1f} min in all (each trial's wall time, Ray's start excluded).",
+        f"`{command}`, {time.strftime('%Y-%m-%d')}, {platform.machine()}, CPU. Trials: {len(current)}, "
+        f"{sum(r['seconds'] for r in current) / 60:.1f} min in all (each trial's wall time, Ray's start excluded).",
         "",
-        "Cells: best test accuracy (%) of the run (acc_best), byzlab with the attack as the LASA authors' code runs "
-        "it (`lasa_code`) / as the paper writes it (`paper`), then the paper's Table 1 (three seeds, the full run). "
-        "The no-attack column is one run.",
+        "Cells: best test accuracy (%) of the run (acc_best), byzlab as the LASA authors' code runs it "
+        "(`sweeps/lasa_table1.yaml`: the attacks' `lasa_code`, and TrMean and Multi-Krum with the code's count of "
+        "10) / as the paper writes it (`lasa_table1_paper.yaml`), then the paper's Table 1 (three seeds, the full "
+        "run). One number: the same run in both.",
         "",
         "| defense | " + " | ".join(LABELS.get(a, a) for a in attacks) + " |",
         "| --- | " + " | ".join("---:" for _ in attacks) + " |",
     ]
 
-    def accuracy(defense: str, attack: str, variant: str) -> str:
-        row = cells.get((defense, attack, variant)) or cells.get((defense, attack, "paper"))
+    def accuracy(defense: str, attack: str, twin: str) -> str:
+        row = cells.get((defense, attack, twin))
         return f"{100 * row['acc_best']:.1f}" if row else "…"
 
     for defense in defenses:
         row = []
         for attack in attacks:
             paper = PAPER_TABLE_1_FMNIST.get(defense, {}).get(attack)
-            published = f" ({paper:.2f})" if paper is not None else ""
-            if attack == "none":
-                row.append(accuracy(defense, attack, "paper") + published)
-            else:
-                row.append(f"{accuracy(defense, attack, 'lasa_code')} / {accuracy(defense, attack, 'paper')}{published}")
+            code, text = accuracy(defense, attack, "lasa_code"), accuracy(defense, attack, "paper")
+            code_row = cells.get((defense, attack, "lasa_code"))
+            shared = code_row is not None and code_row is cells.get((defense, attack, "paper"))
+            row.append((code if shared else f"{code} / {text}") + (f" ({paper:.2f})" if paper is not None else ""))
         lines.append(f"| {LABELS.get(defense, defense)} | " + " | ".join(row) + " |")
-    lines += ["", "| trial | seconds |", "| --- | ---: |"]
-    for (defense, attack, variant), row in sorted(cells.items()):
-        lines.append(f"| {defense}, {attack}, {variant} | {row['seconds']:.0f} |")
+    if earlier:
+        lines += ["", "Runs of an earlier reading, no longer in the sweeps (the attacks' code against baselines told "
+                  "the true count):", "", "| defense | attack | variant | acc_best |", "| --- | --- | --- | ---: |"]
+        lines += [f"| {r['defense']} | {r['attack']} | {r['variant']} | {100 * r['acc_best']:.1f} |"
+                  for r in sorted(earlier, key=lambda r: (r["defense"], r["attack"]))]
+    lines += ["", "| trial | sweeps | seconds |", "| --- | --- | ---: |"]
+    for run_id, r in sorted(store.items(), key=lambda item: (item[1]["defense"], item[1]["attack"])):
+        if r.get("rounds") == rounds and run_id in twins:
+            lines.append(f"| {r['defense']}, {r['attack']} | {', '.join(sorted(twins[run_id]))} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -137,10 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     store = json.loads(args.store.read_text()) if args.store.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         trials: dict[str, Trial] = {}
-        for sweep in SWEEPS.values():
+        twins: dict[str, set[str]] = {}
+        for twin, sweep in SWEEPS.items():
             reduced = reduced_sweep(sweep, rounds=args.rounds, defenses=defenses, attacks=attacks, output_dir=tmp)
             for trial in reduced.trials:
-                trials.setdefault(trial.run_id, trial)  # "none" is one trial of both sweeps
+                trials.setdefault(trial.run_id, trial)  # a trial both sweeps have runs once
+                twins.setdefault(trial.run_id, set()).add(twin)
         todo = [t for run_id, t in trials.items() if run_id not in store]
         print(f"{len(trials)} trials, {len(trials) - len(todo)} already in {args.store}", flush=True)
         if todo:
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"acc_best {row['acc_best']:.4f} in {row['seconds']:.0f} s", flush=True)
             finally:
                 ray.shutdown()
-    text = table(store, rounds=args.rounds, defenses=defenses, attacks=attacks, command=command)
+    text = table(store, twins, rounds=args.rounds, defenses=defenses, attacks=attacks, command=command)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)

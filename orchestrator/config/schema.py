@@ -567,6 +567,7 @@ _ADDED_LATER = {
     ("threat", "attack_params", "asr_images", None): "other_classes",
     ("threat", "attack_params", "local_epochs", "label_flip"): None,
     ("threat", "attack_params", "lr", "label_flip"): None,
+    ("server", "aggregator_params", "f", "multi_krum"): None,
 }
 _COMPONENT = {"threat": "attack", "server": "aggregator"}
 

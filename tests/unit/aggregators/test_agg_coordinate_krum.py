@@ -296,3 +296,24 @@ def test_repeated_median_is_affine_equivariant(intercept):
     base = run("repeated_median", updates, intercept=intercept).update
     assert torch.allclose(run("repeated_median", -updates, intercept=intercept).update, -base)
     assert torch.allclose(run("repeated_median", 3.0 * updates + 2.0, intercept=intercept).update, 3.0 * base + 2.0)
+
+
+def test_multi_krum_lasa_code_selects_one_at_a_time_until_2f_plus_2_remain():
+    """The LASA authors' multi_krum on nine 1-D updates with f = 2. Step 1 (r = 9) scores each by its 9 - 2 - 2
+    = 5 smallest squared distances, its own 0 among them: 2.5 gets 0 + .49 + 2.25 + 2.56 + 6.25 = 11.55, the
+    lowest. Step 2 (r = 8, 4 of them): 1 gets 0 + 1 + 4.84 + 9.61 = 15.45 against 3.2's 15.89. Step 3 (r = 7, 3):
+    3.2 gets 0 + .81 + 10.24 = 11.05. Then 6 = 2f + 2 remain: the mean of 2.5, 1 and 3.2. Blanchard et al.'s
+    Multi-Krum averages n - f = 7 updates."""
+    values = [0.0, 1.0, 2.5, 3.2, 4.1, 10.0, 11.5, 30.0, -7.0]
+    updates = torch.tensor(values, dtype=torch.float64)[:, None]
+    result = build("multi_krum", variant="lasa_code")(updates, RoundContext(num_byzantine=2))
+    assert result.accepted.nonzero().flatten().tolist() == [1, 2, 3]
+    assert result.update.item() == pytest.approx((2.5 + 1.0 + 3.2) / 3, abs=1e-15)
+    assert result.info["selected"] == 3
+    assert build("multi_krum")(updates, RoundContext(num_byzantine=2)).info["selected"] == 7
+    # the count as the rule's own parameter (the authors' engine: 10 whatever the round holds)
+    own = build("multi_krum", variant="lasa_code", f=2)(updates, RoundContext(num_byzantine=0))
+    assert torch.equal(own.update, result.update) and torch.equal(own.accepted, result.accepted)
+    assert build("multi_krum", f=2)(updates, RoundContext(num_byzantine=0)).info["selected"] == 7
+    with pytest.raises(ValueError, match="leave m unset"):
+        build("multi_krum", variant="lasa_code", m=3)

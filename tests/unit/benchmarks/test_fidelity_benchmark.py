@@ -33,23 +33,37 @@ def test_the_reduced_row_is_the_sweeps_fmnist_trials(trials):
                 assert cfg.threat.attack_params.get("variant", "paper") == variant
 
 
-def test_no_attack_is_one_trial_of_both_sweeps_and_the_attacks_are_not(trials):
-    ids = {variant: {t.run_id: t.config.threat.attack for t in reduced} for variant, reduced in trials.items()}
+def test_a_trial_both_sweeps_have_runs_once(trials):
+    """No attack against FedAvg or LASA is the same experiment in both; TrMean and Multi-Krum are told the
+    code's count of 10 in the authors'-code sweep, so even their no-attack runs differ."""
+    ids = {variant: {t.run_id: t.config for t in reduced} for variant, reduced in trials.items()}
     shared = set(ids["paper"]) & set(ids["lasa_code"])
-    assert len(shared) == 4 and {ids["paper"][i] for i in shared} == {"none"}
-    assert len(set(ids["paper"]) | set(ids["lasa_code"])) == 28
+    assert {(ids["paper"][i].server.aggregator, ids["paper"][i].threat.attack) for i in shared} == {
+        ("fedavg", "none"), ("lasa", "none")}
+    assert len(set(ids["paper"]) | set(ids["lasa_code"])) == 30
+    code = {c.server.aggregator: c.server.aggregator_params for c in ids["lasa_code"].values()}
+    assert code["trimmed_mean"]["trim"] == 10 and (code["multi_krum"]["variant"], code["multi_krum"]["f"]) == (
+        "lasa_code", 10)
 
 
 def test_the_table_puts_code_and_paper_beside_the_published_number(fidelity):
+    def row(defense, attack, variant, acc, seconds, rounds=20):
+        return {"defense": defense, "attack": attack, "variant": variant, "acc_best": acc, "seconds": seconds,
+                "rounds": rounds}
+
     store = {
-        "a": {"defense": "fedavg", "attack": "none", "variant": "paper", "acc_best": 0.734, "seconds": 150, "rounds": 20},
-        "b": {"defense": "fedavg", "attack": "byzmean", "variant": "lasa_code", "acc_best": 0.1, "seconds": 160,
-              "rounds": 20},
-        "c": {"defense": "fedavg", "attack": "byzmean", "variant": "paper", "acc_best": 0.62, "seconds": 170,
-              "rounds": 20},
-        "d": {"defense": "fedavg", "attack": "byzmean", "variant": "paper", "acc_best": 0.5, "seconds": 9, "rounds": 1},
+        "a": row("fedavg", "none", "paper", 0.734, 150),
+        "b": row("fedavg", "byzmean", "lasa_code", 0.1, 160),
+        "c": row("fedavg", "byzmean", "paper", 0.62, 170),
+        "d": row("fedavg", "byzmean", "paper", 0.5, 9, rounds=1),
+        "e": row("trimmed_mean", "none", "paper", 0.71, 100),
+        "old": row("trimmed_mean", "byzmean", "lasa_code", 0.637, 100),
     }
-    text = fidelity.table(store, rounds=20, defenses=["fedavg", "lasa"], attacks=["none", "byzmean"], command="cmd")
+    twins = {"a": {"paper", "lasa_code"}, "b": {"lasa_code"}, "c": {"paper"}, "d": {"paper"}, "e": {"paper"}}
+    text = fidelity.table(store, twins, rounds=20, defenses=["fedavg", "trimmed_mean", "lasa"],
+                          attacks=["none", "byzmean"], command="cmd")
     assert "| FedAvg | 73.4 (86.28) | 10.0 / 62.0 (11.22) |" in text
-    assert "| LASA | … (87.62) | … / … (87.65) |" in text  # not run yet
-    assert "Trials: 3, 8.0 min in all" in text  # the 1-round trial belongs to another table
+    assert "| TrMean | … / 71.0 (84.05) | … / … (10.54) |" in text  # the code's run not there yet
+    assert "| LASA | … / … (87.62) | … / … (87.65) |" in text  # nothing run yet
+    assert "Trials: 4, 9.7 min in all" in text  # the 1-round trial belongs to another table
+    assert "| trimmed_mean | byzmean | lasa_code | 63.7 |" in text  # an earlier reading, listed apart

@@ -192,6 +192,13 @@ def test_lasa_table1_is_iid_with_a_quarter_attackers_and_nine_attacks(twin, vari
     # every (dataset, defense) pair meets every attack with every seed
     per_pair = Counter((t.config.data.dataset, t.config.server.aggregator) for t in sweep.trials)
     assert set(per_pair.values()) == {10 * 3}  # 9 attacks, Min-Sum with two bounds, 3 seeds
+    # the authors' engine calls tr_mean and multi_krum with their default count of 10 (fedavg_all.py)
+    baselines = {(t.config.server.aggregator, t.config.server.aggregator_params.get("trim"),
+                  t.config.server.aggregator_params.get("f"), t.config.server.aggregator_params.get("variant"))
+                 for t in sweep.trials if t.config.server.aggregator in ("trimmed_mean", "multi_krum")}
+    code = variant == "lasa_code"
+    assert baselines == {("trimmed_mean", 10 if code else None, None, None),
+                         ("multi_krum", None, 10 if code else None, "lasa_code" if code else "paper")}
 
 
 @pytest.mark.parametrize("twin, variant", LASA_TWINS.items())
