@@ -126,3 +126,18 @@ def test_distribution_contains():
     assert Distribution("uniform", (0.5, 3.0)).contains(3.0) and not Distribution("uniform", (0.5, 3.0)).contains(None)
     assert not Distribution("randint", (1, 4)).contains(4) and Distribution("choice", ("a", "b")).contains("b")
     assert isinstance(Distribution("choice", ("a",)).domain(), type(tune.choice(["a"])))
+
+
+def test_a_worst_case_search_maximises_a_backdoors_success_rate_and_minimises_accuracy_otherwise():
+    from byzlab.sweeps.runner import backdoor_metric, search_objective
+    from byzlab.sweeps.search import is_backdoor
+
+    assert is_backdoor("backdoor") and is_backdoor("dba") and not is_backdoor("lie") and not is_backdoor("label_flip")
+    sweep = _sweep(defenses={"median": {}}, objective="worst_attack", search={"num_samples": 2},
+                   attacks={"lie": {"z": {"uniform": [0.1, 3.0]}},
+                            "backdoor": {"poisoned_per_batch": {"randint": [1, 20]}}})
+    assert search_objective(sweep.spec) == ("acc_last5_mean", "min")
+    by_attack = {t.config.threat.attack: t.index for t in sweep.trials}
+    assert backdoor_metric(sweep) == {by_attack["backdoor"]: "backdoor_asr"}
+    tuning = _sweep(defenses=LASA, search={"num_samples": 2})
+    assert search_objective(tuning.spec) == ("acc_last5_mean", "max") and backdoor_metric(tuning) == {}
