@@ -28,7 +28,7 @@ def _tokens(rows: int, length: int, seed: int = 0) -> torch.Tensor:
 
 def test_the_text_models_are_listed_apart_from_the_image_and_row_models():
     assert TEXT_MODEL_NAMES == ("fasttext", "text_cnn", "char_lstm")
-    assert MODEL_NAMES == ("mlp", "cnn", "cifar_cnn", "resnet18", "residual_cnn")
+    assert MODEL_NAMES == ("mlp", "cnn", "cifar_cnn", "resnet18", "residual_cnn", "pawbrofl_cnn")
     assert all(len(MODELS.describe(name).splitlines()[0]) > 20 for name in TEXT_MODEL_NAMES)
     assert MODELS.describe("char_lstm").splitlines()[1:] == [
         "embedding_dim=8: width of the token embeddings",
