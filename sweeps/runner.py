@@ -75,6 +75,7 @@ class SweepPlan:
         """Each trial's config as the trainable gets it: results under the sweep, MLflow in the base's
         store, GPU shares fixed at launch (so a resumed trial asks for exactly its placement group)."""
         configs = []
+        own_metric = backdoor_metric(self.sweep)
         for trial, resources in zip(self.sweep.trials, self.resources):
             tree = trial.config.to_dict()
             tree["run"].update(
@@ -87,7 +88,7 @@ class SweepPlan:
                 "run_id": None if trial.searched else trial.run_id,  # a search's: known once sampled
                 "config": tree, "labels": trial.labels, "bundles": trial_bundles(resources),
                 **({"searched": {name: s.key for name, s in trial.searched.items()}} if trial.searched else {}),
-                **({"metric": metric} if (metric := backdoor_metric(self.sweep).get(trial.index)) else {}),
+                **({"metric": own_metric[trial.index]} if trial.index in own_metric else {}),
             })
         return configs
 

@@ -78,13 +78,13 @@ def settings(sweep: Sweep, directory: Path, metric: str, mode: str, metric_of: d
     runs = directory / "runs"
     for path in sorted(runs.iterdir()) if runs.is_dir() else []:
         run_dir = RunDirectory(path)
-        if not run_dir.exists() or run_dir.read_state().get("status") not in ("finished", "stopped"):
+        state = run_dir.read_state() if run_dir.exists() else {}
+        if state.get("status") not in ("finished", "stopped"):
             continue
         config = run_dir.read_config()
         setting = next((s for s in found if _matches(s.trial, config)), None)
         if setting is None:
             continue
-        state = run_dir.read_state()
         table = run_dir.read_table("metrics")
         value = RunningObjective(setting.metric, table.to_pylist() if table is not None else []).add({})
         stopped = state.get("stopped_round") if state["status"] == "stopped" else None

@@ -127,9 +127,9 @@ def _run(config: dict[str, Any], cfg: ExperimentConfig, run_dir: RunDirectory, s
     metric = config["trial"].get("metric") or sweep.get("metric")  # a worst-case backdoor setting: its own
     earlier = run_dir.read_table("metrics") if metric and run_dir.exists() else None
     objective = RunningObjective(metric, earlier.to_pylist() if earlier is not None else []) if metric else None
-    if objective is not None and run_dir.exists() and run_dir.read_state()["status"] == "stopped":
+    state = run_dir.read_state() if objective is not None and run_dir.exists() else {}
+    if state.get("status") == "stopped":
         # the scheduler stopped this experiment as another sample (or before an interruption): its verdict
-        state = run_dir.read_state()
         _report({**_last_row(earlier), **state["summary"], SEARCH_METRIC: objective.add({}), "run_id": run_dir.run_id})
         return
     prepared = prepare_resume(run_dir.path) if run_dir.exists() else prepare(cfg)
