@@ -4,8 +4,10 @@ Aggregation for Federated Learning", IEEE TSP 2022; arXiv:1912.13445).
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
 from byzlab.aggregators.numerics import (
@@ -16,6 +18,8 @@ from byzlab.aggregators.numerics import (
     weighted_rows_wide,
 )
 from byzlab.aggregators.registry import register
+
+LASA_CODE_REWEIGHTS = 2  # the LASA authors' geomed: two exp(-distance) passes (l.221, 'cifar' not in the dataset)
 
 
 class GeoMedParams(AggregatorParams):
@@ -39,8 +43,24 @@ class GeoMedParams(AggregatorParams):
     )
     weighting: Weighting = Field(
         "samples",
-        description="alpha_i proportional to the claimed sample counts (RFA, as in the paper) or uniform",
+        description="alpha_i proportional to the claimed sample counts (RFA, as in the paper) or uniform "
+        "(variant lasa_code: uniform, as the LASA authors' code)",
     )
+    variant: Literal["paper", "lasa_code"] = Field(
+        "paper",
+        description="paper: the geometric median; lasa_code: the LASA authors' GeoMed, which reweights each "
+        "update by exp(-||x_i - z||) twice and recomputes the weighted median (their FMNIST/MNIST/FEMNIST runs)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _code_weighs_uniformly(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("variant") == "lasa_code":
+            if data.get("weighting", "uniform") != "uniform":
+                raise ValueError("variant 'lasa_code' starts from equal weights, as the LASA authors' code: "
+                                 "weighting must be uniform")
+            data = {**data, "weighting": "uniform"}
+        return data
 
 
 @register
@@ -75,6 +95,18 @@ class GeoMed(Aggregator[GeoMedParams]):
     stopping rule). Past the breakdown point z follows the heavier side: z is a convex combination of the
     rows, so it stays finite and within the rows' coordinate range, but can be as large as the hostile rows.
 
+    **Paper text or authors' code** (``variant``). ``lasa_code`` is the GeoMed the LASA authors ran as a
+    baseline (``JiiahaoXU/LASA``, ``algorithms/defense/byzantine_robust_aggregation.py``, ``geomed``, l.201-224):
+    from equal weights it computes the geometric median z (Pillutla's ``geom_median`` package, the same
+    smoothed Weiszfeld from the mean), then twice multiplies every weight by ``exp(-||x_i - z||)`` and recomputes
+    the weighted median (l.221-224: two passes for every dataset but CIFAR, none on CIFAR, where the variant
+    ``paper`` is their rule). An update at distance r from the median thus ends with weight ~exp(-r - r'),
+    so the passes pull z towards the densest updates. The weights are kept as logarithms and normalised
+    before ``exp`` (``exp`` of -1e3 is 0 in float32 for every row): the same ratios without underflow. The
+    package stops once the objective changes by less than 1e-20 of itself; byzlab's stopping rule (``tol``)
+    gives the same median to within the tolerance. ``weights`` are the last pass's Weiszfeld weights;
+    ``info["reweights"]`` is 2.
+
     Hostile rows (a 1e30 sign flip, rows near float32's largest value): the float32 iteration computes
     ``||x_i - z||`` as the root of a float32 sum of squares, which overflows for rows beyond ~1e19 and made
     every weight 0/0 = NaN; and from a mean dragged to 1e29 each Weiszfeld step only divides the distance
@@ -97,6 +129,19 @@ class GeoMed(Aggregator[GeoMedParams]):
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         alpha = client_weights(self.params.weighting, ctx.num_samples, updates)
+        result = self.median(updates, alpha)
+        if self.params.variant != "lasa_code":
+            return result
+        log_alpha = alpha.double().log()
+        for _ in range(LASA_CODE_REWEIGHTS):
+            log_alpha = log_alpha - distances_to(updates, result.update.double())
+            shifted = (log_alpha - log_alpha.max()).exp()
+            result = self.median(updates, (shifted / shifted.sum()).to(updates.dtype))
+        result.info["reweights"] = float(LASA_CODE_REWEIGHTS)
+        return result
+
+    def median(self, updates: torch.Tensor, alpha: torch.Tensor) -> AggregationResult:
+        """The alpha-weighted geometric median of the rows, with its Weiszfeld weights and diagnostics."""
         narrow = self.weiszfeld(updates, alpha)
         if narrow is not None and narrow[-1]:  # converged in the updates' dtype: every ordinary round
             z, weights, iterations, objective, _ = narrow

@@ -7,8 +7,8 @@ beyond the input, and rank the updates with ``numerics.krum_order``. Equal Krum 
 total distance to all others, then by the lower row index; only in that last case (exactly tied updates)
 does the choice depend on the client order.
 
-``f`` is the Byzantine count the defense is told (``ctx.num_byzantine``; Multi-Krum's own ``f`` parameter
-overrides it, as the LASA authors' engine fixes it at 10). ``check_setting`` refuses
+``f`` is the Byzantine count the defense is told (``ctx.num_byzantine``; Multi-Krum's and Bulyan's own ``f``
+parameter overrides it, as the LASA authors' engine fixes it at 10 and 5). ``check_setting`` refuses
 configurations the rule cannot support; in a round that holds more declared attackers than the rule supports
 for that round's n (client sampling), ``aggregate`` clamps f to the largest feasible value and reports
 ``info["f_clamped"] = 1``.
@@ -48,6 +48,21 @@ def _largest_f(n: int, per_f: int, base: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------- krum family
+
+
+def _authors_selection(distances: torch.Tensor, f: int, count: int) -> list[int]:
+    """The LASA authors' repeated Krum (``multi_krum`` and ``bulyan`` of their
+    ``byzantine_robust_aggregation.py``): up to ``count`` times, while r - 2 - f > 0 for the r updates left,
+    score each by the sum of the r - 2 - f smallest squared distances of its row (its own 0 among them) and
+    move the lowest (the first of equal ones) to the selection. Returns the selected rows in order."""
+    remaining = torch.arange(distances.shape[0], device=distances.device)
+    chosen: list[int] = []
+    while len(chosen) < count and remaining.numel() - 2 - f > 0:
+        rows = distances[remaining][:, remaining].sort(dim=1).values
+        best = int(torch.argmin(rows[:, : remaining.numel() - 2 - f].sum(dim=1)))
+        chosen.append(int(remaining[best]))
+        remaining = torch.cat([remaining[:best], remaining[best + 1:]])
+    return chosen
 
 
 class _KrumFamily(Aggregator[KP]):
@@ -170,15 +185,7 @@ class MultiKrum(_KrumFamily[MultiKrumParams]):
         n = updates.shape[0]
         declared = self.assumed_f(self.params, ctx.num_byzantine)
         f = min(declared, _largest_f(n, 2, 3))
-        distances = pairwise_distances(updates, 2)
-        remaining = torch.arange(n, device=updates.device)
-        chosen = []
-        while remaining.numel() > 2 * f + 2:
-            rows = distances[remaining][:, remaining].sort(dim=1).values
-            scores = rows[:, : remaining.numel() - 2 - f].sum(dim=1)
-            best = int(torch.argmin(scores))
-            chosen.append(int(remaining[best]))
-            remaining = torch.cat([remaining[:best], remaining[best + 1:]])
+        chosen = _authors_selection(pairwise_distances(updates, 2), f, n - 2 * f - 2)
         weights = torch.zeros(n, device=updates.device, dtype=updates.dtype)
         weights[chosen] = 1.0 / len(chosen)
         accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
@@ -213,7 +220,18 @@ class L1Krum(_KrumFamily[L1KrumParams]):
 
 
 class BulyanParams(AggregatorParams):
-    """Bulyan has no parameters besides the declared Byzantine count f (from the round context)."""
+    f: int | None = Field(
+        None,
+        ge=0,
+        description="the Byzantine count the rule assumes; None = the round's declared count (threat.declared_byzantine, "
+        "else the true one); the LASA authors' engine calls bulyan with its default 5 whatever the attack ratio",
+    )
+    variant: Literal["paper", "lasa_code"] = Field(
+        "paper",
+        description="paper: El Mhamdi et al.'s Bulyan; lasa_code: the LASA authors' bulyan (their Krum scores over the "
+        "r - f - 2 smallest squared distances, its own 0 among them; per coordinate the f values closest to the "
+        "lower median and the f farthest dropped)",
+    )
 
 
 @register
@@ -230,27 +248,48 @@ class Bulyan(Aggregator[BulyanParams]):
     Requires n >= 4f + 3. ``accepted`` = the theta selected updates; ``weights`` is None because the
     coordinate-wise step uses different updates per coordinate. Equidistant values at the edge of the beta
     kept are resolved towards the smaller value, so the result depends on the values only.
+
+    **Paper text or authors' code** (``variant``). ``lasa_code`` is the Bulyan the LASA authors ran as a
+    baseline (``JiiahaoXU/LASA``, ``algorithms/defense/byzantine_robust_aggregation.py``, ``bulyan``, l.54-107),
+    called by their engine with its default f = 5 whatever the attack ratio (give it with ``f``):
+
+    1. selection, as their Multi-Krum: while fewer than n - 2f are selected and r - 2 - f > 0 (r remaining),
+       score each remaining update by the sum of the r - 2 - f smallest squared distances of its row (its own
+       0 among them) and move the lowest to the selection;
+    2. per coordinate, sort the theta selected values by their distance to the *lower* median
+       (``torch.median``) and average positions f to theta - f - 1 (l.91-95): the f values *closest* to the
+       median are dropped with the f farthest, where the paper keeps the theta - 2f closest. With f = 0
+       nothing is dropped (their slice ``[0:-0]`` is empty and gives NaN).
+
+    It needs theta - 2f >= 1 values per coordinate, n >= 4f + 1, not the paper's n >= 4f + 3.
     """
 
     name = "bulyan"
     Params = BulyanParams
 
+    @staticmethod
+    def _base(params: BulyanParams) -> int:
+        return 1 if params.variant == "lasa_code" else 3  # n >= 4f + base
+
     @classmethod
     def check_setting(cls, params: BulyanParams, num_clients: int, num_byzantine: int) -> None:
-        n, f = num_clients, num_byzantine
-        if n < 4 * f + 3:
+        n, f, base = num_clients, _KrumFamily.assumed_f(params, num_byzantine), cls._base(params)
+        if n < 4 * f + base:
             raise ValueError(
-                f"bulyan needs n >= 4f + 3 updates per round: n={n}, f={f} (4f + 3 = {4 * f + 3}; "
-                f"at most f={_largest_f(n, 4, 3)} for n={n})"
+                f"bulyan needs n >= 4f + {base} updates per round: n={n}, f={f} (4f + {base} = {4 * f + base}; "
+                f"at most f={_largest_f(n, 4, base)} for n={n})"
             )
 
     @classmethod
     def tolerated_rows(cls, params: BulyanParams, num_clients: int, num_byzantine: int) -> int:
-        return min(num_byzantine, _largest_f(num_clients, 4, 3))
+        return min(_KrumFamily.assumed_f(params, num_byzantine), _largest_f(num_clients, 4, cls._base(params)))
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
+        if self.params.variant == "lasa_code":
+            return self._authors_code(updates, ctx)
         n, d = updates.shape
-        f = min(ctx.num_byzantine, _largest_f(n, 4, 3))
+        declared = _KrumFamily.assumed_f(self.params, ctx.num_byzantine)
+        f = min(declared, _largest_f(n, 4, 3))
         theta = n - 2 * f
         beta = theta - 2 * f
         dist = pairwise_distances(updates, 2)
@@ -265,5 +304,24 @@ class Bulyan(Aggregator[BulyanParams]):
             gap = (ordered - sorted_median(ordered, dim=0)).abs()
             keep = torch.sort(gap, dim=0, stable=True).indices[:beta]
             out[cols] = mean_rows(ordered.gather(0, keep))
-        info = {"f_clamped": float(f < ctx.num_byzantine), "selected": float(theta), "beta": float(beta)}
+        info = {"f_clamped": float(f < declared), "selected": float(theta), "beta": float(beta)}
+        return AggregationResult(update=out, accepted=accepted, info=info)
+
+    def _authors_code(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
+        """The LASA authors' ``bulyan`` (see the class docstring)."""
+        n, d = updates.shape
+        declared = _KrumFamily.assumed_f(self.params, ctx.num_byzantine)
+        f = min(declared, _largest_f(n, 4, 1))
+        chosen = _authors_selection(pairwise_distances(updates, 2), f, n - 2 * f)
+        theta = len(chosen)
+        selected = updates[chosen]
+        out = torch.empty(d, device=updates.device, dtype=updates.dtype)
+        for cols in coordinate_chunks(d, theta):
+            block = selected[:, cols]
+            lower_median = block.median(dim=0).values
+            order = (block - lower_median).abs().sort(dim=0, stable=True).indices
+            out[cols] = mean_rows(block.gather(0, order[f: theta - f]))
+        accepted = torch.zeros(n, dtype=torch.bool, device=updates.device)
+        accepted[chosen] = True
+        info = {"f_clamped": float(f < declared), "selected": float(theta), "beta": float(theta - 2 * f)}
         return AggregationResult(update=out, accepted=accepted, info=info)

@@ -31,11 +31,25 @@ Choices, all documented deviations or precisions:
 * If S is empty, the round's update is zero and nobody is accepted (``info["empty_selection"] = 1``).
 * ``weights`` are each raw update's coefficient in the aggregate, ``min(1, M/||g_i||)/|S|`` on S and 0
   elsewhere, so ``update == weights @ updates``.
+
+**Paper text or authors' code** (``variant``). The default, ``paper``, is the rule above. ``variant: lasa_code``
+is the copy the LASA authors ran as their SignGuard baseline (``JiiahaoXU/LASA``,
+``algorithms/defense/signguard.py``, "modified from JianXu95/SignGuard"), which departs in three places:
+
+* the aggregate is the plain mean of the selected updates, *not* clipped: the code computes ``grads_clip``
+  (l.134) but averages ``grads[benign_idx]`` (l.136);
+* the signs are counted on one contiguous block of ``int(0.1·d)`` coordinates starting at a random offset in
+  ``[0, d - k)`` (l.86-87), with no ``min_coordinates`` floor;
+* the norm bounds are strict, ``0.1·M < ||g_i|| < 3.0·M`` (l.74-75).
+
+Their bandwidth rule, clustering and feature scaling are the ones above (``estimate_bandwidth`` with
+``n_samples`` = the clients per round sees every point, as here).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
@@ -63,11 +77,19 @@ class SignGuardParams(AggregatorParams):
         0.5, gt=0, le=1, description="MeanShift bandwidth = mean distance to the ⌊quantile·n⌋-th nearest neighbour "
         "(scikit-learn estimate_bandwidth; 0.5 in the authors' code)"
     )
+    variant: Literal["paper", "lasa_code"] = Field(
+        "paper",
+        description="paper: the clipped mean of the paper; lasa_code: the LASA authors' copy (plain mean of the "
+        "selected, signs of one contiguous block of int(0.1·d) coordinates, strict norm bounds)",
+    )
 
 
-def norm_filter(norms: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask [n] of ``low·M <= norm <= high·M``, the median M) -- the paper's norm-threshold filter."""
+def norm_filter(norms: torch.Tensor, low: float, high: float, strict: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask [n] of ``low·M <= norm <= high·M``, the median M) -- the paper's norm-threshold filter; ``strict``
+    excludes the bounds themselves."""
     median = torch.quantile(norms.double(), 0.5).to(norms.dtype)
+    if strict:
+        return (norms > low * median) & (norms < high * median), median
     return (norms >= low * median) & (norms <= high * median), median
 
 
@@ -125,17 +147,27 @@ class SignGuard(Aggregator[SignGuardParams]):
         norms = torch.linalg.vector_norm(updates, dim=1)
         if not bool(torch.isfinite(norms).all()):  # a float32 sum of squares overflowed: float64 norms
             norms = safe_row_norms(updates)
-        by_norm, median = norm_filter(norms, p.norm_low, p.norm_high)
+        code = p.variant == "lasa_code"
+        by_norm, median = norm_filter(norms, p.norm_low, p.norm_high, strict=code)
 
-        k = min(d, max(int(p.sample_fraction * d), p.min_coordinates, 1))
-        columns = sample_coordinates(d, k, generator_or_seeded(ctx.generator, int(ctx.round))) if k < d else None
-        sub = updates if columns is None else updates.index_select(1, columns.to(updates.device))
+        generator = generator_or_seeded(ctx.generator, int(ctx.round))
+        if code:  # one contiguous block at a random offset (LASA's signguard.py l.86-87)
+            k = max(int(p.sample_fraction * d), 1)
+            start = int(torch.randint(0, max(d - k, 1), (1,), generator=generator)) if k < d else 0
+            sub = updates[:, start:start + k]
+        else:
+            k = min(d, max(int(p.sample_fraction * d), p.min_coordinates, 1))
+            columns = sample_coordinates(d, k, generator) if k < d else None
+            sub = updates if columns is None else updates.index_select(1, columns.to(updates.device))
         by_sign, clusters = largest_cluster(sign_features(sub), p.bandwidth_quantile)
         by_sign = by_sign.to(updates.device)
 
         selected = by_norm & by_sign
         count = int(selected.sum())
-        scale = torch.where(norms > median, median / norms.clamp_min(1e-30), torch.ones_like(norms))
+        if code:  # the code averages the selected updates unclipped
+            scale = torch.ones_like(norms)
+        else:
+            scale = torch.where(norms > median, median / norms.clamp_min(1e-30), torch.ones_like(norms))
         weights = (torch.where(selected, scale, torch.zeros_like(scale)) / max(count, 1)).to(updates.dtype)
         return AggregationResult(
             update=weighted_rows(weights, updates),

@@ -5,13 +5,13 @@ sparsification of the aggregate, and error feedback.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from byzlab.aggregators.base import AggregationResult, Aggregator, AggregatorParams, RoundContext
-from byzlab.aggregators.numerics import Weighting, client_weights, clip_scales_wide, safe_row_norms
+from byzlab.aggregators.numerics import Weighting, client_weights, clip_scales_wide, safe_row_norms, weighted_rows
 from byzlab.aggregators.registry import register
 
 
@@ -42,6 +42,18 @@ class SparseFedParams(AggregatorParams):
         description="average of the clipped updates: uniform (Panda et al. sum and divide by the number of "
         "workers) or weighted by claimed sample counts",
     )
+    variant: Literal["paper", "lasa_code"] = Field(
+        "paper",
+        description="paper: Panda et al.'s true top-k SparseFed; lasa_code: the LASA authors' baseline, the top "
+        "int(topk_fraction·d) coordinates of the plain mean, no clip, no error feedback or momentum",
+    )
+
+    @model_validator(mode="after")
+    def _code_has_no_state(self) -> "SparseFedParams":
+        if self.variant == "lasa_code" and self.momentum > 0:
+            raise ValueError("variant 'lasa_code' keeps no momentum across rounds, as the LASA authors' code: "
+                             "leave momentum at 0")
+        return self
 
 
 @register
@@ -68,6 +80,15 @@ class SparseFed(Aggregator[SparseFedParams]):
     ``weights``: each client's share of the averaged (pre-sparsification) update ``w_i s_i / sum_j w_j s_j``
     with s_i the clip factor. ``info``: ``clipped``, ``k``, ``error_norm`` (what stays in the accumulator).
 
+    **Paper text or authors' code** (``variant``). ``lasa_code`` is the SparseFed the LASA authors ran as a
+    baseline (``JiiahaoXU/LASA``, ``algorithms/defense/sparsefed.py``): ``sparsefed()`` sets ``momentum = None``
+    on entry (l.79), so momentum and error start from zero every round and nothing carries over; the update is
+    the top ``k = int(com_p·d)`` coordinates (by squared value, l.16-19; byzlab ranks by magnitude, the same order) of the plain mean of the updates, with
+    ``com_p = 1 - sparsity`` = ``topk_fraction``. It does not clip: their engine clips every client's update
+    to its ``clip`` (1.0 on FMNIST and MNIST, 2.0 on FEMNIST) *before* the attack, on every dataset but
+    CIFAR, which byzlab's ``clients.update_clip`` reproduces. The variant is stateless (``state_dict`` empty)
+    and ``clip`` is not used.
+
     Hostile rows (``tolerated_rows``: any number): after clipping every row contributes at most ``w_i L``
     in norm, so a round adds at most L to the accumulator whatever the rows are (Panda et al.: clipping
     bounds each attacker's contribution, sparsification then limits which coordinates it reaches). Norms
@@ -80,7 +101,7 @@ class SparseFed(Aggregator[SparseFedParams]):
 
     @classmethod
     def tolerated_rows(cls, params: SparseFedParams, num_clients: int, num_byzantine: int) -> int:
-        return num_clients
+        return 0 if params.variant == "lasa_code" else num_clients  # the code's variant: an unclipped mean
 
     def __init__(self, params: SparseFedParams) -> None:
         super().__init__(params)
@@ -98,6 +119,8 @@ class SparseFed(Aggregator[SparseFedParams]):
         p = self.params
         d = updates.shape[1]
         weights = client_weights(p.weighting, ctx.num_samples, updates)
+        if p.variant == "lasa_code":
+            return self._authors_code(updates, weights)
         scales = clip_scales_wide(safe_row_norms(updates), p.clip, updates.dtype)
         mixed = weights * scales
         g = mixed @ updates
@@ -134,6 +157,16 @@ class SparseFed(Aggregator[SparseFedParams]):
                 "error_norm": float(torch.linalg.vector_norm(error)),
             },
         )
+
+    def _authors_code(self, updates: torch.Tensor, weights: torch.Tensor) -> AggregationResult:
+        """The LASA authors' ``sparsefed``: the top int(fraction·d) coordinates of the mean, nothing kept."""
+        mean = weighted_rows(weights, updates)
+        k = max(1, int(self.params.topk_fraction * updates.shape[1]))
+        update = torch.zeros_like(mean)
+        sent = torch.topk(mean.abs(), k, sorted=False).indices
+        update[sent] = mean[sent]
+        return AggregationResult(update=update, weights=weights, info={"clipped": 0.0, "k": float(k),
+                                                                        "error_norm": 0.0})
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {}

@@ -34,7 +34,7 @@ import yaml
 # benchmarks/aggregators.py would shadow the aggregators package: keep this folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from byzlab.sweeps.spec import Sweep, Trial, expand, parse_spec, resolve_path
+from byzlab.sweeps.spec import Sweep, Trial, coupled_keys, expand, parse_spec, resolve_path
 
 RESULTS = Path(__file__).parent / "results" / "fidelity.md"
 STORE = Path(__file__).parent / "results" / "fidelity.json"
@@ -58,7 +58,7 @@ def reduced_sweep(name: str, *, rounds: int, defenses: list[str], attacks: list[
     """The ready sweep ``name`` cut to one dataset's row, the given defenses and attacks, seed 0 and ``rounds``
     rounds, on this machine's default placement, without MLflow or downloads, writing under ``output_dir``."""
     raw = yaml.safe_load(resolve_path(name).read_text())
-    raw["grid"]["data.dataset"] = [DATASET]
+    raw["grid"] = {key: _rows_of(key, values, rounds) for key, values in raw["grid"].items()}
     raw["defenses"] = {k: v for k, v in raw["defenses"].items() if k in defenses}
     raw["attacks"] = {k: v for k, v in raw["attacks"].items() if k in attacks}
     raw["seeds"] = [0]
@@ -69,6 +69,21 @@ def reduced_sweep(name: str, *, rounds: int, defenses: list[str], attacks: list[
     if missing:
         sys.exit(f"{name}: no defense or attack named {', '.join(missing)}")
     return expand(parse_spec(raw, name))
+
+
+def _rows_of(key: str, values: list, rounds: int) -> list:
+    """A grid entry cut to the FMNIST row: a coupled entry keeps the rows of that dataset, with ``rounds``
+    rounds where it sets run.rounds; data.dataset alone keeps that dataset."""
+    parts = coupled_keys(key)
+    if parts == ["data.dataset"]:
+        return [DATASET]
+    if "data.dataset" not in parts:
+        return values
+    rows = [list(row) for row in values if row[parts.index("data.dataset")] == DATASET]
+    if "run.rounds" in parts:
+        for row in rows:
+            row[parts.index("run.rounds")] = rounds
+    return rows
 
 
 def run_trial(trial: Trial) -> dict:
@@ -82,6 +97,8 @@ def run_trial(trial: Trial) -> dict:
         "attack": trial.config.threat.attack,
         "variant": trial.config.threat.attack_params.get("variant", "paper"),
         "defense_params": {k: params[k] for k in ("trim", "f", "variant") if params.get(k) is not None},
+        "local_epochs": trial.config.clients.local_epochs,
+        "update_clip": trial.config.clients.update_clip,
         "acc_best": result.summary["acc_best"],
         "acc_final": result.summary["acc_final"],
         "seconds": time.perf_counter() - started,
@@ -103,9 +120,11 @@ def table(store: dict, twins: dict[str, set[str]], *, rounds: int, defenses: lis
         f"{sum(r['seconds'] for r in current) / 60:.1f} min in all (each trial's wall time, Ray's start excluded).",
         "",
         "Cells: best test accuracy (%) of the run (acc_best), byzlab as the LASA authors' code runs it "
-        "(`sweeps/lasa_table1.yaml`: the attacks' `lasa_code`, and TrMean and Multi-Krum with the code's count of "
-        "10) / as the paper writes it (`lasa_table1_paper.yaml`), then the paper's Table 1 (three seeds, the full "
-        "run). One number: the same run in both.",
+        "(`sweeps/lasa_table1.yaml`: their FMNIST recipe of 5 local epochs of batch 10, dropout 0.5, lr decay "
+        "0.999, the client-side clip to norm 1 for FedAvg and TrMean, the attacks' `lasa_code`, TrMean and "
+        "Multi-Krum with the code's count of 10) / as the paper writes it (`lasa_table1_paper.yaml`: App. 7.3's "
+        "attacks, byzlab's 2 local epochs of batch 32 where the paper is silent, the true count), then the "
+        "paper's Table 1 (three seeds, the full run). One number: the same run in both.",
         "",
         "| defense | " + " | ".join(LABELS.get(a, a) for a in attacks) + " |",
         "| --- | " + " | ".join("---:" for _ in attacks) + " |",
@@ -125,10 +144,16 @@ def table(store: dict, twins: dict[str, set[str]], *, rounds: int, defenses: lis
             row.append((code if shared else f"{code} / {text}") + (f" ({paper:.2f})" if paper is not None else ""))
         lines.append(f"| {LABELS.get(defense, defense)} | " + " | ".join(row) + " |")
     if earlier:
-        lines += ["", "Runs of an earlier reading, no longer in the sweeps (the attacks' code against baselines told "
-                  "the true count):", "", "| defense | attack | variant | acc_best |", "| --- | --- | --- | ---: |"]
-        lines += [f"| {r['defense']} | {r['attack']} | {r['variant']} | {100 * r['acc_best']:.1f} |"
-                  for r in sorted(earlier, key=lambda r: (r["defense"], r["attack"]))]
+        lines += ["", "Runs of earlier readings of the code, no longer in the sweeps: the attacks' code against "
+                  "baselines told the true count (no `trim` or `f`), and the attacks' and baselines' code in "
+                  "byzlab's recipe (2 local epochs of batch 32, no dropout, no client-side clip) before the code "
+                  "twin took the code's own:", "",
+                  "| defense | attack | variant | defense params | local epochs | acc_best |",
+                  "| --- | --- | --- | --- | ---: | ---: |"]
+        lines += [f"| {r['defense']} | {r['attack']} | {r['variant']} | "
+                  f"{', '.join(f'{k}={v}' for k, v in r.get('defense_params', {}).items()) or '–'} | "
+                  f"{r.get('local_epochs', 2)} | {100 * r['acc_best']:.1f} |"
+                  for r in sorted(earlier, key=lambda r: (r["defense"], r["attack"], r["variant"]))]
     lines += ["", "| trial | sweeps | seconds |", "| --- | --- | ---: |"]
     for run_id, r in sorted(store.items(), key=lambda item: (item[1]["defense"], item[1]["attack"])):
         if r.get("rounds") == rounds and run_id in twins:

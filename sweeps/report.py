@@ -14,6 +14,11 @@ actors, CPUs/GPUs, device, checkpointing, tracking) are ignored. Of the keys tha
   attack: ``sign_flip (scale=4)``; an authors'-code variant is always named, so a table says which
   definition a column or row used: ``lie (variant=lasa_code)``, ``residual (variant=residual_code)``;
 - ``run.seed`` gives the replicates a cell averages over;
+- config keys a sweep ties to the defense or the attack (the sweep file's ``report: {defense_keys: [...],
+  attack_keys: [...]}``: ``clients.update_clip``, which the LASA authors' engine applies for some defenses
+  only; ``threat.start_round`` of a model replacement) are named in the labels of the records whose value
+  is not the key's most common one: ``fedavg (update_clip=1)``, ``model_replacement (start_round=6,
+  every=1000)``; a group's table lists the defenses that ran in it;
 - every other varying key forms the column group, labelled with short names (``partition.beta`` -> β,
   ``threat.fraction`` -> Φ, others by their last dotted component): ``β=0.3, Φ=0.2``. A key a record lacks
   (``partition.beta`` of an iid run) is left out of that record's label. Nothing else varying: one group
@@ -40,10 +45,10 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow.compute as pc
@@ -221,6 +226,11 @@ class Grid:
     cells: dict[tuple[Label, Label, Label], list[TrialRecord]]
     metric: str = DEFAULT_TABLE_METRIC  # what the table's cells show (TABLE_METRICS)
 
+    def defenses_in(self, group: Label) -> list[Label]:
+        """The defenses with a finished run in ``group``, in display order (a defense variant a sweep runs
+        on one dataset only leaves no empty row in the others' tables)."""
+        return [d for d in self.defenses if any((group, d, a) in self.cells for a in self.attacks[group])]
+
     def text(self, label: Label) -> str:
         """``lasa (sparsity=0.3)``, ``sign_flip``, ``β=0.3, Φ=0.2``."""
         return _render(label, self.short_names.__getitem__)
@@ -297,20 +307,36 @@ def _name_order(names: list[str], first: str) -> dict[str, int]:
     return {name: rank for rank, name in enumerate(ordered)}
 
 
+def _most_common(values: Iterable[str | None]) -> str | None:
+    """The most frequent value; on a tie, absent (None) if it is among the most frequent, else the first seen."""
+    counts = Counter(values)
+    top = max(counts.values())
+    return None if counts.get(None) == top else next(v for v, c in counts.items() if c == top)
+
+
 def _labels_of(records: list[TrialRecord], all_keys: list[str], name_key: str, params_section: str,
-               first: str) -> tuple[list[Label], list[Label]]:
-    """Each record's defense or attack label and all distinct labels in display order."""
+               first: str, bound_keys: Sequence[str] = ()) -> tuple[list[Label], list[Label]]:
+    """Each record's defense or attack label and all distinct labels in display order; ``bound_keys`` are
+    config keys outside the parameters that a label names where its record's value is not the key's most
+    common one (if the key varies at all)."""
     by_name = defaultdict(list)
     for record in records:
         by_name[record.params[name_key]].append(record)
     param_keys = [k for k in all_keys if _in_section(k, params_section)]
-    varying = {name: _varying(group, param_keys) for name, group in by_name.items()}
+    bound = _varying(records, [k for k in all_keys if k in bound_keys])  # named wherever set, as they vary
+    varying = {name: _varying(group, param_keys) + bound for name, group in by_name.items()}
     marked = f"{params_section}.variant"  # an authors'-code variant is named even where every record has it
     for name, group in by_name.items():
         if marked not in varying[name] and any((_value(r, marked) or "").endswith(CODE_VARIANT) for r in group):
             varying[name] = [*varying[name], marked]
+    usual = {k: _most_common(_value(r, k) for r in records) for k in bound}
+
+    def shown(record: TrialRecord, key: str) -> str | None:
+        value = _value(record, key)
+        return None if key in usual and value == usual[key] else value  # a bound key's usual value goes unsaid
+
     labels = [
-        Label(r.params[name_key], tuple((k, _value(r, k)) for k in varying[r.params[name_key]])) for r in records
+        Label(r.params[name_key], tuple((k, shown(r, k)) for k in varying[r.params[name_key]])) for r in records
     ]
     name_rank = _name_order([r.params[name_key] for r in records], first)
     value_rank = {key: _value_order(records, key) for keys in varying.values() for key in keys}
@@ -326,9 +352,10 @@ def _short_names(keys: list[str]) -> dict[str, str]:
     return {key: key if name in shared else name for key, name in short.items()}
 
 
-def build_grid(records: list[TrialRecord], metric: str = DEFAULT_TABLE_METRIC) -> Grid:
+def build_grid(records: list[TrialRecord], metric: str = DEFAULT_TABLE_METRIC, defense_keys: Sequence[str] = (),
+               attack_keys: Sequence[str] = ()) -> Grid:
     """Infer defenses, attacks, replicates and column groups from the records (see the module docstring);
-    the cells will show ``metric``."""
+    the cells will show ``metric``; ``defense_keys`` / ``attack_keys`` are named with the defense / attack."""
     if not records:
         raise ValueError("no records to report on")
     try:
@@ -339,9 +366,10 @@ def build_grid(records: list[TrialRecord], metric: str = DEFAULT_TABLE_METRIC) -
         key for key in dict.fromkeys(k for r in records for k in r.params)
         if key not in EXECUTION_KEYS and not key.startswith(EXECUTION_PREFIXES)
     ]
-    defenses, defense_order = _labels_of(records, all_keys, DEFENSE_KEY, DEFENSE_PARAMS, BASELINE_DEFENSE)
-    attacks, attack_order = _labels_of(records, all_keys, ATTACK_KEY, ATTACK_PARAMS, NO_ATTACK)
-    not_group = (DEFENSE_KEY, DEFENSE_PARAMS, ATTACK_KEY, ATTACK_PARAMS, SEED_KEY)
+    defenses, defense_order = _labels_of(records, all_keys, DEFENSE_KEY, DEFENSE_PARAMS, BASELINE_DEFENSE,
+                                         defense_keys)
+    attacks, attack_order = _labels_of(records, all_keys, ATTACK_KEY, ATTACK_PARAMS, NO_ATTACK, attack_keys)
+    not_group = (DEFENSE_KEY, DEFENSE_PARAMS, ATTACK_KEY, ATTACK_PARAMS, SEED_KEY, *defense_keys, *attack_keys)
     group_keys = _varying(records, [k for k in all_keys if not any(_in_section(k, s) for s in not_group)])
     value_rank = {key: _value_order(records, key) for key in group_keys}
 
@@ -421,7 +449,7 @@ def _markdown(grid: Grid, cells: dict) -> str:
             "| defense | " + " | ".join(_md_escape(grid.text(a)) for a in attacks) + " |",
             "| --- |" + " ---: |" * len(attacks),
         ]
-        for defense in grid.defenses:
+        for defense in grid.defenses_in(group):
             row = [
                 _marked(cells.get((group, defense, a)), "**{}**".format, "<u>{}</u>".format, MISSING)
                 for a in attacks
@@ -549,12 +577,12 @@ def _accuracy_plot(path: Path, grid: Grid, group: Label) -> None:
 def _heatmap(path: Path, grid: Grid, cells: dict, group: Label) -> None:
     """Defense × attack, colour and annotation = the mean of the table's metric (%); cells without a run
     grey, blank."""
-    attacks = grid.attacks[group]
+    attacks, defenses = grid.attacks[group], grid.defenses_in(group)
     means = np.array([
         [100 * cells[group, d, a].mean if (group, d, a) in cells else np.nan for a in attacks]
-        for d in grid.defenses
+        for d in defenses
     ])
-    figure = agg_figure(1.1 * len(attacks) + 3.2, 0.45 * len(grid.defenses) + 1.6)
+    figure = agg_figure(1.1 * len(attacks) + 3.2, 0.45 * len(defenses) + 1.6)
     ax = figure.subplots()
     cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(means), cmap=cmap, aspect="auto")
@@ -564,7 +592,7 @@ def _heatmap(path: Path, grid: Grid, cells: dict, group: Label) -> None:
             ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if dark else "black")
     ax.set_xticks(range(len(attacks)), [grid.text(a) for a in attacks], rotation=30, ha="right")
-    ax.set_yticks(range(len(grid.defenses)), [grid.text(d) for d in grid.defenses])
+    ax.set_yticks(range(len(defenses)), [grid.text(d) for d in defenses])
     figure.colorbar(image, ax=ax, label=f"{grid.metric} (%)")
     if group.settings:
         ax.set_title(grid.text(group))
@@ -617,11 +645,14 @@ def _detection_plot(path: Path, grid: Grid) -> bool:
 # ----------------------------------------------------------------------------------------------- report
 
 
-def write_report(records: list[TrialRecord], out_dir: str | Path, metric: str = DEFAULT_TABLE_METRIC) -> list[Path]:
+def write_report(records: list[TrialRecord], out_dir: str | Path, metric: str = DEFAULT_TABLE_METRIC,
+                 defense_keys: Sequence[str] = (), attack_keys: Sequence[str] = ()) -> list[Path]:
     """Write ``table.md``, ``table.tex``, ``table.csv`` (cells: ``metric``), ``accuracy_<group>.png`` and
     ``heatmap_<group>.png`` per column group, and ``detection.png`` (only when some attacked record has
-    detection metrics) into ``out_dir`` (created if needed); returns the written paths, table.md first."""
-    grid = build_grid(records, metric)
+    detection metrics) into ``out_dir`` (created if needed); returns the written paths, table.md first.
+    ``defense_keys`` / ``attack_keys``: config keys named with the defense / attack (the sweep file's
+    ``report.defense_keys`` / ``report.attack_keys``) instead of forming column groups."""
+    grid = build_grid(records, metric, defense_keys, attack_keys)
     cells = table_cells(grid)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ from byzlab.sweeps.spec import (
     Sweep,
     SweepSpec,
     check_table_metric,
+    coupled_keys,
     load_saved_sweep,
 )
 from byzlab.sweeps.trainable import run_trial
@@ -248,7 +249,7 @@ def _parent_run(plan_: SweepPlan, sweep_id: str) -> str:
     run = client.create_run(experiment_id, run_name=f"sweep-{spec.name}", tags=tags)
     params = {
         "sweep.name": spec.name, "sweep.trials": len(plan_.sweep.trials),
-        **{f"sweep.grid.{key}": values for key, values in spec.grid.items()},
+        **{f"sweep.grid.{'/'.join(coupled_keys(key))}": values for key, values in spec.grid.items()},
         "sweep.defenses": list(spec.defenses or [plan_.base.server.aggregator]),
         "sweep.attacks": list(spec.attacks or [plan_.base.threat.attack]),
         "sweep.seeds": spec.seeds or [plan_.base.run.seed],
@@ -525,15 +526,17 @@ def report(source: str | Path, *, out: Path | None = None, output_dir: Path = Pa
             return paths
         records = records_from_sweep_dir(source_path)
         metric = metric or sweep.spec.report.metric
+        bound = {"defense_keys": sweep.spec.report.defense_keys, "attack_keys": sweep.spec.report.attack_keys}
     else:
         store = uri or default_tracking_uri(output_dir)
         if uri is None and not (output_dir / "mlflow.db").is_file():
             raise ConfigError(f"'{source}' is neither a sweep directory nor an experiment in {output_dir / 'mlflow.db'}")
         records, parent_run_id = records_from_mlflow(str(source), store)
         out = out or output_dir / "reports" / str(source)
+        bound = {}
     if not records:
         raise ConfigError(f"'{source}' has no finished trial to report on")
-    paths = write_report(records, out, metric or DEFAULT_TABLE_METRIC)
+    paths = write_report(records, out, metric or DEFAULT_TABLE_METRIC, **bound)
     _log_report(store, parent_run_id, paths)
     return paths
 

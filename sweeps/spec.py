@@ -7,6 +7,7 @@ base: {data: {dataset: digits}, run: {rounds: 20}}     # an experiment config, a
 grid:                                 # dotted config keys -> lists of values; the product is taken
   partition.beta: [0.3, 0.5]
   threat.fraction: [0.2, 0.4]
+  data.dataset, model.name: [[mnist, cnn], [cifar10, resnet18]]   # coupled keys: rows taken together
 defenses:                             # aggregator -> its own parameter grid (lists are swept, scalars fixed)
   fedavg: {}
   lasa: {sparsity: [0.1, 0.3], lambda_m: [1, 2]}
@@ -17,7 +18,8 @@ seeds: [0, 1]                         # replicates (run.seed)
 exclude:                              # partial assignments; trials matching one of them are dropped
   - {server.aggregator: krum, threat.fraction: 0.4}
 reuse_workers: true                   # a trial borrows the Ray actors of the trial before it on its slot
-report: {metric: acc_best}            # the table's metric (default acc_last5_mean; LASA reports acc_best)
+report: {metric: acc_best}            # the table's metric (default acc_last5_mean; LASA reports acc_best);
+                                      # defense_keys / attack_keys: keys named with the defense / attack
 ```
 
 A list in a parameter grid means "sweep these values"; a parameter whose value is itself a list is written
@@ -87,6 +89,10 @@ class ReportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str = Field(DEFAULT_TABLE_METRIC, description="the table's metric: " + ", ".join(TABLE_METRICS))
+    defense_keys: list[str] = Field(default_factory=list, description="config keys the sweep ties to the defense "
+                                    "(exclude), named in the defense's label instead of forming column groups")
+    attack_keys: list[str] = Field(default_factory=list, description="config keys the sweep ties to the attack, "
+                                   "named in the attack's label instead of forming column groups")
 
     _metric = field_validator("metric")(check_table_metric)
 
@@ -117,8 +123,13 @@ class SweepSpec(BaseModel):
         for key, values in grid.items():
             if not values:
                 raise ValueError(f"'{key}' has no values")
-            if key == "run.seed":
+            if "run.seed" in coupled_keys(key):
                 raise ValueError("'run.seed' is swept with the top-level `seeds` list")
+            parts = coupled_keys(key)
+            if len(parts) > 1 and not (isinstance(values, list) and all(
+                    isinstance(row, list) and len(row) == len(parts) for row in values)):
+                raise ValueError(f"'{key}': coupled keys take a list of rows, each a list of {len(parts)} values "
+                                 f"(one per key), got {values!r}")
             if isinstance(values, dict) and as_distribution(values, key) is None:
                 raise ValueError(f"'{key}': a list of values or a distribution ({{uniform: [low, high]}}, loguniform, "
                                  f"randint, choice), got {values!r}")
@@ -169,14 +180,29 @@ class Sweep:
         return any(trial.searched for trial in self.trials)
 
 
+def coupled_keys(key: str) -> list[str]:
+    """The dotted keys a grid entry sets: ``"data.dataset, model.name"`` couples two, whose values are rows
+    ``[[mnist, cnn], [cifar10, resnet18]]`` taken together; any other key is one key."""
+    return [part.strip() for part in key.split(",")]
+
+
+def grid_keys(spec: SweepSpec) -> list[str]:
+    """Every dotted key the sweep's grid sets, coupled ones included."""
+    return [part for key in spec.grid for part in coupled_keys(key)]
+
+
 def _product(grid: dict[str, list[Any] | dict[str, Any]], where: str = "grid") -> list[dict[str, Any]]:
-    """Every combination of the listed values; a distribution stays one value (a Distribution), searched."""
-    keys = list(grid)
+    """Every combination of the listed values (a row of coupled keys counts as one value); a distribution
+    stays one value (a Distribution), searched."""
     columns = []
     for key, values in grid.items():
+        parts = coupled_keys(key)
+        if len(parts) > 1:
+            columns.append([dict(zip(parts, row)) for row in values])
+            continue
         distribution = as_distribution(values, f"{where}.{key}")
-        columns.append([distribution] if distribution else values)
-    return [dict(zip(keys, values)) for values in itertools.product(*columns)]
+        columns.append([{key: value} for value in ([distribution] if distribution else values)])
+    return [{k: v for chosen in combination for k, v in chosen.items()} for combination in itertools.product(*columns)]
 
 
 def _variants(name_key: str, params_key: str, spec: dict[str, dict[str, Any]]) -> list[tuple[dict, str]]:
@@ -198,9 +224,14 @@ def _check_keys(spec: SweepSpec) -> None:
     for block, prefixes in (("defenses", _DEFENSE_KEYS), ("attacks", _ATTACK_KEYS)):
         if getattr(spec, block) is None:
             continue
-        for key in spec.grid:
+        for key in grid_keys(spec):
             if key.startswith(prefixes):
                 raise ConfigError(f"grid.{key}: set by the `{block}` block; sweep it there")
+    for block in ("defense_keys", "attack_keys"):
+        for key in getattr(spec.report, block):
+            if key not in grid_keys(spec):
+                raise ConfigError(f"report.{block}: '{key}' is not a grid key of this sweep "
+                                  f"(grid: {', '.join(grid_keys(spec)) or 'none'})")
 
 
 def _describe(overrides: dict[str, Any]) -> str:
@@ -218,7 +249,9 @@ def _candidates(spec: SweepSpec, base: ExperimentConfig) -> list[tuple[dict[str,
     seeds = spec.seeds or [base.run.seed]
     # A grid that sweeps the aggregator or the attack itself names them in the defense / attack labels.
     named_elsewhere = {"server.aggregator", "threat.attack"}
-    swept_grid_keys = [k for k, values in spec.grid.items() if len(values) > 1 and k not in named_elsewhere]
+    # A row of coupled keys is labelled by its first key (data.dataset names the row of a dataset's setting).
+    swept_grid_keys = [coupled_keys(k)[0] for k, values in spec.grid.items()
+                       if len(values) > 1 and coupled_keys(k)[0] not in named_elsewhere]
 
     candidates = []
     for point in _product(spec.grid):
@@ -261,7 +294,7 @@ def read_dotted(tree: dict[str, Any], key: str) -> Any:
 
 def _search_owner(spec: SweepSpec, key: str, overrides: dict[str, Any]) -> str | None:
     """The defense or attack whose block a searched key comes from (None: the grid's)."""
-    if key in spec.grid:
+    if key in grid_keys(spec):
         return None
     return overrides["server.aggregator"] if key.startswith(_DEFENSE_KEYS[1]) else overrides["threat.attack"]
 
@@ -317,7 +350,7 @@ def _check_search(spec: SweepSpec, trials: list[Trial]) -> None:
         raise ConfigError(f"search.metric: {err}") from None
     if spec.objective == "worst_attack":
         outside = [key for key in keys
-                   if not (key.startswith(_ATTACK_KEYS[1]) and key not in spec.grid) and key not in _ATTACK_SCHEDULE]
+                   if not (key.startswith(_ATTACK_KEYS[1]) and key not in grid_keys(spec)) and key not in _ATTACK_SCHEDULE]
         if outside or spec.attacks is None:
             raise ConfigError("objective worst_attack searches the parameters of the `attacks` block and the "
                               "attack's schedule (grid keys threat.start_round, threat.every) only"

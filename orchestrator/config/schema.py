@@ -244,6 +244,12 @@ class ClientsConfig(_Section):
     # Left out of the resolved config while 1 (no decay): earlier configs keep their run ids.
     lr_decay: float = Field(1.0, gt=0, le=1, exclude_if=lambda decay: decay == 1.0,
                             description="local lr of round r = lr * lr_decay^(r-1) (LASA: 0.99, Shakespeare 0.999)")
+    update_clip: float | None = Field(
+        None, gt=0, exclude_if=lambda clip: clip is None,
+        description="every client scales its update to L2 norm <= this before sending it, so attackers craft from "
+        "clipped updates too (the LASA authors' engine for FedAvg, TrMean, GeoMed, SparseFed, Krum, Bulyan off "
+        "CIFAR); None = no clipping",
+    )
 
     @model_validator(mode="after")
     def _sampling(self) -> ClientsConfig:
@@ -568,6 +574,7 @@ _ADDED_LATER = {
     ("threat", "attack_params", "local_epochs", "label_flip"): None,
     ("threat", "attack_params", "lr", "label_flip"): None,
     ("server", "aggregator_params", "f", "multi_krum"): None,
+    ("server", "aggregator_params", "f", "bulyan"): None,
 }
 _COMPONENT = {"threat": "attack", "server": "aggregator"}
 

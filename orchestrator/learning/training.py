@@ -1,4 +1,5 @@
-"""Local training of one client: SGD with momentum, weight decay and the FedProx proximal term."""
+"""Local training of one client: SGD with momentum, weight decay and the FedProx proximal term, and the optional
+clipping of the update it sends."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class LocalRecipe:
     weight_decay: float
     prox_mu: float  # FedProx proximal coefficient; 0 = plain local SGD
     lr_decay: float = 1.0  # the lr of round r is lr * lr_decay^(r - 1)
+    update_clip: float | None = None  # the update is scaled to L2 norm <= this before it is sent
 
     def for_round(self, round_index: int) -> LocalRecipe:
         """The recipe of round ``round_index`` (1-based): the learning rate decayed per round."""
@@ -89,4 +91,15 @@ def train_locally(
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
-    return LocalResult(flatten_state(model) - global_flat, first_loss.item(), last_loss.item())
+    update = flatten_state(model) - global_flat
+    if recipe.update_clip is not None:
+        update = clip_to_norm(update, recipe.update_clip)
+    return LocalResult(update, first_loss.item(), last_loss.item())
+
+
+def clip_to_norm(update: torch.Tensor, bound: float) -> torch.Tensor:
+    """``update`` scaled by ``min(1, bound / ||update||)``: what the LASA authors' engine does to each client's
+    update before the attack and the aggregation (``algorithms/engine/fedavg_all.py`` l.155-163, dividing by
+    ``||update|| / clip`` when that exceeds 1)."""
+    norm = float(torch.linalg.vector_norm(update.double()))
+    return update / (norm / bound) if norm > bound else update

@@ -25,7 +25,7 @@ def local_recipe(clients: ClientsConfig) -> LocalRecipe:
     return LocalRecipe(
         batch_size=clients.batch_size, local_epochs=clients.local_epochs, local_steps=clients.local_steps,
         lr=clients.lr, momentum=clients.momentum, weight_decay=clients.weight_decay, prox_mu=clients.prox_mu,
-        lr_decay=clients.lr_decay,
+        lr_decay=clients.lr_decay, update_clip=clients.update_clip,
     )
 
 

@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
-from byzlab.orchestrator.config import ClientsConfig
+from byzlab.orchestrator.config import ClientsConfig, build_config
+from byzlab.orchestrator.config.schema import run_id
 from byzlab.orchestrator.specs.roles import local_recipe
 from byzlab.orchestrator.core.layout import flatten_state, load_flat_state
 from byzlab.orchestrator.learning.models import build_model
@@ -72,3 +74,21 @@ def test_the_learning_rate_decays_per_round_and_round_one_is_the_base_recipe():
     decayed = local_recipe(ClientsConfig(lr=0.05, lr_decay=0.5, local_epochs=1, batch_size=8)).for_round(2)
     a, b = (train_locally(model, global_flat, x, y, r, torch.Generator().manual_seed(1)) for r in (halved, decayed))
     assert torch.equal(a.update, b.update)
+
+
+def test_update_clip_bounds_the_sent_update_and_keeps_its_direction():
+    model, global_flat, x, y = _setup()
+    plain = local_recipe(ClientsConfig(local_epochs=2, batch_size=8, lr=0.5))
+    free = train_locally(model, global_flat, x, y, plain, torch.Generator().manual_seed(0)).update
+    bound = 0.5 * float(free.norm())  # below the unclipped norm, so the clip acts
+    clipped_recipe = local_recipe(ClientsConfig(local_epochs=2, batch_size=8, lr=0.5, update_clip=bound))
+    clipped = train_locally(model, global_flat, x, y, clipped_recipe, torch.Generator().manual_seed(0)).update
+    assert float(clipped.norm()) == pytest.approx(bound, rel=1e-5)
+    assert torch.allclose(clipped, free * (bound / free.norm()), atol=1e-7)
+    loose = local_recipe(ClientsConfig(local_epochs=2, batch_size=8, lr=0.5, update_clip=2 * float(free.norm())))
+    assert torch.equal(train_locally(model, global_flat, x, y, loose, torch.Generator().manual_seed(0)).update, free)
+
+
+def test_update_clip_leaves_the_run_id_of_unclipped_configs():
+    assert "update_clip" not in build_config({}, []).to_dict()["clients"]
+    assert run_id(build_config({}, ["clients.update_clip=1.0"])) != run_id(build_config({}, []))

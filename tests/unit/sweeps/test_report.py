@@ -466,3 +466,25 @@ def test_a_backdoor_table_shows_the_success_rate_of_the_last_five_evaluations_lo
     caption, tables = (tmp_path / "table.md").read_text().split("\n\n", 1)
     assert caption.startswith("Backdoor success rate (%)") and "lowest per column in bold" in caption
     assert "| median | **18.00** | – |" in tables
+
+
+def test_keys_a_sweep_ties_to_the_defense_or_attack_are_named_with_it_not_as_column_groups():
+    # The LASA authors' engine clips client updates for FedAvg but not for LASA (clients.update_clip), and a
+    # model replacement attacks from round 6 (threat.start_round): left as column groups they would split one
+    # table into two half-empty ones.
+    made = []
+    for aggregator in ("fedavg", "lasa"):
+        for attack in ("none", "sign_flip"):
+            params = make_params(aggregator, attack)
+            if aggregator == "fedavg":
+                params["clients.update_clip"] = "1.0"
+            if attack == "sign_flip":
+                params["threat.start_round"] = "6"
+            made.append(make_record(params, 0.5))
+    split = build_grid(made)
+    assert set(split.group_keys) == {"threat.start_round", "clients.update_clip"}
+    assert len(split.groups) == 4
+    grid = build_grid(made, defense_keys=["clients.update_clip"], attack_keys=["threat.start_round"])
+    assert grid.group_keys == [] and len(grid.groups) == 1
+    assert [grid.text(d) for d in grid.defenses] == ["fedavg (update_clip=1)", "lasa"]
+    assert [grid.text(a) for a in grid.attacks[grid.groups[0]]] == ["none", "sign_flip (start_round=6)"]

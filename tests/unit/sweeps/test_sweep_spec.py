@@ -407,3 +407,32 @@ def test_load_packaged_quickstart():
     assert len(sweep.trials) == 12
     assert [t.labels["defense"] for t in sweep.trials[:4]] == ["fedavg", "median", "lasa", "fedra"]
     assert [t.labels["attack"] for t in sweep.trials[::4]] == ["none", "sign_flip", "byzmean"]
+
+
+def test_coupled_grid_keys_move_together_and_are_labelled_by_their_first_key():
+    raw = {**FULL, "grid": {"partition.beta": [0.3, 0.5],
+                            "clients.lr, clients.local_epochs, threat.fraction": [[0.1, 1, 0.2], [0.05, 3, 0.3]]},
+           "attacks": {"none": {}}, "defenses": {"fedavg": {}}, "seeds": [0]}
+    sweep = _expand(raw)
+    settings = [(t.config.partition.beta, t.config.clients.lr, t.config.clients.local_epochs,
+                 t.config.threat.fraction) for t in sweep.trials]
+    assert settings == [(0.3, 0.1, 1, 0.2), (0.3, 0.05, 3, 0.3), (0.5, 0.1, 1, 0.2), (0.5, 0.05, 3, 0.3)]
+    assert [t.labels["lr"] for t in sweep.trials] == ["0.1", "0.05", "0.1", "0.05"]
+    assert not {"local_epochs", "Φ"} & set(sweep.trials[0].labels)
+
+
+@pytest.mark.parametrize("rows", [[[0.1, 1], [0.05]], [0.1, 0.05], {"uniform": [0.01, 0.1]}])
+def test_coupled_grid_keys_need_rows_of_one_value_per_key(rows):
+    message = _error({**FULL, "grid": {"clients.lr, clients.local_epochs": rows}})
+    assert "coupled keys take a list of rows, each a list of 2 values" in message
+
+
+def test_coupled_grid_keys_are_grid_keys_for_exclude_and_the_report():
+    raw = {**FULL, "grid": {"clients.lr, clients.local_epochs": [[0.1, 1], [0.05, 3]]},
+           "exclude": [{"clients.local_epochs": 3, "server.aggregator": "lasa"}],
+           "report": {"defense_keys": ["clients.local_epochs"]}}
+    sweep = _expand(raw)
+    assert {(t.config.server.aggregator, t.config.clients.local_epochs) for t in sweep.trials} == {
+        ("fedavg", 1), ("fedavg", 3), ("lasa", 1)}
+    message = _error({**raw, "report": {"attack_keys": ["clients.momentum"]}})
+    assert "report.attack_keys: 'clients.momentum' is not a grid key of this sweep" in message
