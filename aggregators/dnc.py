@@ -19,6 +19,10 @@ of the public reimplementations used as baselines (Blades: ``DnC(sub_dim=10000, 
 filter_frac=1.0)``, and others); ``niters = 5`` follows Blades as well (some copies use 1; the SignGuard
 authors' copy uses 1 iteration with b = 1000 and c = (n-1)/n). The paper's own evaluation section could not be
 consulted here, so these are the reimplementations' values. The number of iterations only matters when d > b.
+The LASA authors ran that SignGuard copy as their DnC baseline (``JiiahaoXU/LASA``, ``algorithms/defense/dnc.py``):
+one iteration on 1,000 coordinates keeping ``int(n - c·f)`` = n - f clients (c = (n-1)/n, f = their configured
+attacker count, whatever the round holds) -- here ``niters: 1, subsample_dim: 1000`` with ``filter_frac`` 1.0 and
+``threat.declared_byzantine`` set to that count, as ``sweeps/lasa_table1.yaml`` does.
 
 Implementation notes:
 

@@ -37,6 +37,15 @@ Choices and departures, all deliberate:
   updates are used as the histories (the deep-fg code's ``use_memory = False``) and the stored state is
   left untouched.
 
+**Paper text or authors' code** (``variant``). ``residual_code`` is the FoolsGold baseline of the residual
+paper's code (``fushuhao6/Attack-Resistant-Federated-Learning``, ``FedAvg/averaging.py`` l.594-661): its
+``FoolsGold.aggregate_gradients`` compares the histories of the *output layer's weight* only (the
+second-to-last parameter tensor, ``client_grads[i][-2]``; here the last weight layer of ``ctx.layers``), and
+returns ``sum_i α_i g_i / n``, the α not normalised. Its clients send their summed gradients and the server
+takes one plain SGD step with them at the clients' lr, which with momentum 0 (their setting) is the same as
+averaging the updates so. Steps 2-6 are the same code (``foolsgold`` l.594-618); when every weight is 0 their
+code divides by zero, here the fallback above applies.
+
 Hostile rows (``tolerated_rows`` = 0). FoolsGold defends against sybils -- clients whose histories point
 the same way -- not against a single outlier, and faithfully so: a lone 1e30 row has cosine ~0 with everyone,
 is the most distinct client, gets weight 1 (steps 4-6) and passes, so the weighted mean is ~1e30 / n. The
@@ -56,7 +65,7 @@ checkpointing); checkpoints hold plain tensors and load with ``torch.load(weight
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -77,6 +86,11 @@ class FoolsGoldParams(AggregatorParams):
     memory: bool = Field(
         True, description="compare accumulated per-client update histories (Alg. 1) rather than this round's "
         "updates alone; needs ctx.client_ids"
+    )
+    variant: Literal["paper", "residual_code"] = Field(
+        "paper",
+        description="paper: Algorithm 1 on whole updates, weighted mean; residual_code: the residual authors' "
+        "FoolsGold baseline (similarities of the output layer's weights only, aggregate sum_i alpha_i x_i / n)",
     )
 
 
@@ -108,13 +122,19 @@ def foolsgold_weights(histories: torch.Tensor, kappa: float = 1.0) -> torch.Tens
     return logit.clamp(0.0, 1.0)
 
 
+def _output_weight(layers, d: int) -> slice:
+    """The coordinates of the model's last weight layer (its output layer), or all of them without a layout."""
+    weights = [layer for layer in layers if layer.kind == "weight" and layer.numel > 0]
+    return weights[-1].slice if weights else slice(0, d)
+
+
 @register
 class FoolsGold(Aggregator[FoolsGoldParams]):
     """FoolsGold: sybil-resistant weighted mean from per-client update histories (see module docstring)."""
 
     name = "foolsgold"
     Params = FoolsGoldParams
-    needs = frozenset({"client_ids", "num_clients_total"})  # with memory = True
+    needs = frozenset({"client_ids", "num_clients_total", "layers"})  # ids with memory, layers with residual_code
 
     @classmethod
     def tolerated_rows(cls, params: FoolsGoldParams, num_clients: int, num_byzantine: int) -> int:
@@ -169,13 +189,16 @@ class FoolsGold(Aggregator[FoolsGoldParams]):
                 self._history[rows] = histories
         else:
             histories = updates
+        code = self.params.variant == "residual_code"
+        if code:  # the output layer's weight only (averaging.py l.630-636)
+            histories = histories[:, _output_weight(ctx.layers, updates.shape[1])]
         alpha = foolsgold_weights(histories, self.params.kappa)
         total = alpha.sum()
         fallback = bool(total <= 0)
         if fallback:
             alpha = torch.ones_like(alpha)
             total = alpha.sum()
-        weights = (alpha / total).to(updates.dtype)
+        weights = (alpha / (n if code and not fallback else total)).to(updates.dtype)
         update = weighted_rows(weights, updates)
         return AggregationResult(
             update=update,

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from byzlab.attacks.base import AttackParams, DataAttack
 from byzlab.attacks.registry import register
@@ -563,6 +563,18 @@ class FeatureBackdoorParams(RowTriggerParams):
         description="how far above the feature's maximum the trigger value lies, in standardised units "
         "(residual paper App. A.5: 'slightly larger than their maximum value')",
     )
+    values: list[float] | None = Field(
+        None,
+        description="raw trigger values, one per feature, encoded with the feature's standardisation; None = each "
+        "feature's maximum in the batch + margin. The residual authors' code sets pub_rec_bankruptcies 20, "
+        "num_tl_120dpd_2m 10, acc_now_delinq 20, pub_rec 100, tax_liens 100, num_tl_90g_dpd_24m 80",
+    )
+
+    @model_validator(mode="after")
+    def _one_value_per_feature(self) -> "FeatureBackdoorParams":
+        if self.values is not None and len(self.values) != len(self.features):
+            raise ValueError(f"values: one per feature, {len(self.features)}, got {len(self.values)}")
+        return self
 
 
 @register
@@ -573,25 +585,45 @@ class FeatureBackdoor(_RowTriggerBackdoor[FeatureBackdoorParams]):
     the rows the hook is given plus ``margin``, and the label ``target``.
 
     The trigger is defined on the encoded features (numeric columns are standardised, so ``margin`` is in
-    standard deviations). :meth:`bind` maps the feature names to columns once the data is loaded."""
+    standard deviations). :meth:`bind` maps the feature names to columns once the data is loaded.
+
+    The residual authors' code instead writes fixed raw values into six columns of its own preprocessed data
+    (``FedAvg/Update.py`` l.52-58, ``add_backdoor_pixels``: pub_rec_bankruptcies 20, num_tl_120dpd_2m 10,
+    acc_now_delinq 20, pub_rec 100, tax_liens 100, num_tl_90g_dpd_24m 80; its preprocessing divides a column
+    by a power of ten only when the column's mean exceeds 10, which none of these six does, so they are raw
+    counts). ``values`` gives such raw values; :meth:`bind` encodes each with its column's standardisation,
+    ``(v - mean) / scale``, fitted on the training rows."""
 
     name = "feature_backdoor"
     Params = FeatureBackdoorParams
     needs_features = True
 
     columns: list[int] | None = None
+    encoded_values: torch.Tensor | None = None  # the raw ``values`` encoded, when given
 
-    def bind(self, feature_names: tuple[str, ...]) -> None:
-        """Resolve the trigger's feature names to column indices; ValueError naming what is wrong."""
+    def bind(self, feature_names: tuple[str, ...],
+             feature_scaling: tuple[tuple[float, float], ...] | None = None) -> None:
+        """Resolve the trigger's feature names to column indices, and encode raw ``values`` with the columns'
+        (mean, scale); ValueError naming what is wrong."""
         if not self.params.features:
             raise ValueError(f"features: name at least one; the encoded features are: {', '.join(feature_names)}")
         unknown = [f for f in self.params.features if f not in feature_names]
         if unknown:
             raise ValueError(f"feature '{unknown[0]}' is not an encoded feature; they are: {', '.join(feature_names)}")
         self.columns = [feature_names.index(f) for f in self.params.features]
+        if self.params.values is not None:
+            if feature_scaling is None:
+                raise ValueError("values: raw trigger values need the features' standardisation, which this "
+                                 "dataset does not give")
+            self.encoded_values = torch.tensor(
+                [(v - feature_scaling[c][0]) / feature_scaling[c][1] for v, c in zip(self.params.values, self.columns)],
+                dtype=torch.float32)
 
     def _triggered(self, x: torch.Tensor) -> torch.Tensor:
-        values = x[:, self.columns].amax(dim=0) + self.params.margin
+        if self.encoded_values is not None:
+            values = self.encoded_values.to(device=x.device, dtype=x.dtype)
+        else:
+            values = x[:, self.columns].amax(dim=0) + self.params.margin
         triggered = x.clone()
         triggered[:, self.columns] = values
         return triggered

@@ -575,6 +575,7 @@ _ADDED_LATER = {
     ("threat", "attack_params", "lr", "label_flip"): None,
     ("server", "aggregator_params", "f", "multi_krum"): None,
     ("server", "aggregator_params", "f", "bulyan"): None,
+    ("threat", "attack_params", "values", "feature_backdoor"): None,
 }
 _COMPONENT = {"threat": "attack", "server": "aggregator"}
 

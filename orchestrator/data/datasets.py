@@ -74,6 +74,8 @@ class Dataset:
     num_classes: int
     train_groups: np.ndarray | None = None
     feature_names: tuple[str, ...] | None = None  # tabular rows: the encoded features' names
+    # tabular rows: (mean, scale) of each encoded feature, so a raw value v is encoded as (v - mean) / scale
+    feature_scaling: tuple[tuple[float, float], ...] | None = None
     vocabulary: tuple[str, ...] | None = None  # text: the tokens, by id
 
     @property

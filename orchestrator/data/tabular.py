@@ -71,7 +71,8 @@ def encode_rows(name: str, train: pa.Table, test: pa.Table, *, label_column: str
     test_x = encoder.transform(_columns(test, features)).astype(np.float32)
     train_y, test_y, num_classes = table_labels(train, test, label_column)
     return Dataset(name, np.ascontiguousarray(train_x), train_y, np.ascontiguousarray(test_x), test_y, num_classes,
-                   train_groups=group_ids(train, group_column), feature_names=_feature_names(encoder, features))
+                   train_groups=group_ids(train, group_column), feature_names=_feature_names(encoder, features),
+                   feature_scaling=_feature_scaling(encoder, train_x.shape[1]))
 
 
 def group_ids(table: pa.Table, column: str | None) -> np.ndarray | None:
@@ -135,6 +136,15 @@ def _feature_encoder(numeric: list[int], categorical: list[int]):
         ("categorical", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
                                       OneHotEncoder(handle_unknown="ignore", sparse_output=False)), categorical),
     ])
+
+
+def _feature_scaling(encoder, width: int) -> tuple[tuple[float, float], ...]:
+    """(mean, scale) of each encoded column: the numeric columns' StandardScaler statistics (they come first,
+    in the ColumnTransformer's order), then (0, 1) for every one-hot column, whose values are not rescaled."""
+    numeric = encoder.named_transformers_.get("numeric")
+    scaler = numeric[-1] if numeric is not None and hasattr(numeric[-1], "mean_") else None
+    stats = [] if scaler is None else [(float(m), float(s)) for m, s in zip(scaler.mean_, scaler.scale_)]
+    return tuple(stats + [(0.0, 1.0)] * (width - len(stats)))
 
 
 def _feature_names(encoder, features: list[str]) -> tuple[str, ...]:

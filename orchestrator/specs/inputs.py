@@ -59,7 +59,7 @@ def _fit_attack_to_data(cfg: ExperimentConfig, dataset: Dataset, threat: ThreatS
     try:
         attack.check_data(tuple(dataset.input_shape), dataset.num_classes)
         if attack.needs_features:
-            attack.bind(dataset.feature_names)
+            attack.bind(dataset.feature_names, dataset.feature_scaling)
         elif attack.needs_vocabulary:
             attack.bind(dataset.vocabulary, dataset.input_shape[0])
     except ValueError as err:

@@ -240,3 +240,22 @@ def test_signguard_identical_and_zero_updates():
     assert result.accepted.all() and torch.allclose(result.update, u)
     zeros = build("signguard")(torch.zeros(4, 3), _ctx(4))
     assert zeros.accepted.all() and torch.equal(zeros.update, torch.zeros(3))
+
+
+def test_foolsgold_residual_code_compares_the_output_layer_and_divides_by_n_hand_worked():
+    from byzlab.orchestrator.core.layout import Layer
+
+    # Layout: a 2-coordinate weight, the output layer's 1-coordinate weight (index 2), a bias (index 3).
+    layers = (Layer("conv.weight", (2, 1), 0), Layer("fc.weight", (1, 1), 2), Layer("fc.bias", (1,), 3, "bias"))
+    updates = torch.tensor([[1.0, 0.0, 1.0, 5.0], [0.0, 1.0, 1.0, -5.0], [1.0, 1.0, -1.0, 0.0]])
+    ctx = RoundContext(client_ids=torch.arange(3), layers=layers)
+    # residual_code: on index 2 alone (1, 1, -1) clients 0 and 1 are twins (cos 1): α = 0, 0 and client 2 gets
+    # α = 1 -> 0.99 -> logit 5.1 -> 1; the aggregate is (0·u0 + 0·u1 + 1·u2) / 3 (averaging.py l.652-658).
+    code = build("foolsgold", variant="residual_code")(updates, ctx)
+    assert torch.allclose(code.weights, torch.tensor([0.0, 0.0, 1 / 3]))
+    assert torch.allclose(code.update, updates[2] / 3)
+    # Algorithm 1 on whole updates: cos(u0, u1) = -24/27, the others 0, so nobody resembles anybody: every
+    # α is 1 -> weight 1, and the weighted mean is the plain mean.
+    paper = build("foolsgold")(updates, RoundContext(client_ids=torch.arange(3), layers=layers))
+    assert torch.allclose(paper.weights, torch.full((3,), 1 / 3))
+    assert torch.allclose(paper.update, updates.mean(dim=0))

@@ -49,3 +49,23 @@ def test_images_are_refused_before_anything_runs():
     cfg = build_config({}, ["threat.fraction=0.2", "threat.attack=feature_backdoor", "threat.attack_params.features=[x]"])
     with pytest.raises(ConfigError, match="sets feature values and needs tabular rows"):
         resolve_inputs(cfg)
+
+
+def test_raw_trigger_values_are_encoded_with_each_features_standardisation():
+    # The residual authors' code writes raw values (Update.py l.52-58): int_rate's column has mean 10 and
+    # std 4, so a raw 30 is (30 - 10) / 4 = 5.0 in the encoded rows; grade_B is one-hot, unscaled: 1.0.
+    attack = attacks.build("feature_backdoor", features=["int_rate", "grade_B"], values=[30.0, 1.0], target=2,
+                           poisoned_per_batch=1)
+    attack.check_data((len(NAMES),), num_classes=3)
+    attack.bind(NAMES, ((5.0, 2.0), (10.0, 4.0), (0.0, 1.0), (0.0, 1.0)))
+    x = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 9.0, 0.0, 1.0]])
+    px, py = attack.poison_batch(x, torch.tensor([0, 1]), 0, 1, torch.Generator())
+    assert px.tolist() == [[0.0, 5.0, 1.0, 1.0], [1.0, 9.0, 0.0, 1.0]] and py.tolist() == [2, 1]
+
+
+def test_raw_trigger_values_need_one_per_feature_and_the_standardisation():
+    with pytest.raises(ValueError, match="values: one per feature, 2, got 1"):
+        attacks.build("feature_backdoor", features=["int_rate", "grade_B"], values=[30.0])
+    attack = attacks.build("feature_backdoor", features=["int_rate"], values=[30.0])
+    with pytest.raises(ValueError, match="raw trigger values need the features' standardisation"):
+        attack.bind(NAMES)

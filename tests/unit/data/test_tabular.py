@@ -50,6 +50,11 @@ def test_adult_columns_are_standardised_and_one_hot_encoded_on_the_training_rows
     assert np.all(data.test_x[:, 6:8] == 0) and np.all(data.train_x[:, 6:8].sum(axis=1) == 1)
     labels = np.array([row[-1] for row in _adult_rows(80, 0)])
     assert np.array_equal(data.train_y, (labels == ">50K").astype(np.int64))  # classes sorted: "<=50K", ">50K"
+    # the encoding of each column, for raw trigger values: (mean, std) of a numeric one, (0, 1) of a one-hot one
+    assert len(data.feature_scaling) == data.input_shape[0]
+    mean, scale = data.feature_scaling[0]
+    assert np.isclose(mean, train_ages.mean()) and np.isclose(scale, train_ages.std())
+    assert set(data.feature_scaling[6:]) == {(0.0, 1.0)}
 
 
 def test_split_is_stratified_and_groups_are_kept(loan_csv):
