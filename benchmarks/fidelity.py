@@ -4,12 +4,13 @@ the LASA authors' code runs them (variant ``lasa_code``) and as the paper writes
 
 Xu, Zhang & Hu, "Achieving Byzantine-Resilient Federated Learning via Layer-Adaptive Sparsified Model
 Aggregation", Table 1, FMNIST (CNN) row: IID, 6,000 clients of 10 images, 100 sampled per round, 25% attackers,
-local SGD lr 0.1, momentum 0.9; metric acc_best. The trials are those of the ready sweeps
-``sweeps/lasa_table1.yaml`` (authors' code) and ``sweeps/lasa_table1_paper.yaml`` (paper text), restricted to
-the FMNIST row, the defenses FedAvg, TrMean, Multi-Krum and LASA, the attacks none, TailoredTrMean, Lie and
-ByzMean, seed 0, and shortened to ``--rounds`` rounds (the sweeps run 100). Everything else is the sweeps' own
-config, expanded by the sweep machinery, except the placement: this machine's default (``byzlab run``'s) instead
-of the sweeps' 6-CPU trials. A trial both sweeps have (no attack against a baseline both read alike) runs once.
+local SGD with momentum 0.9; metric acc_best. The trials are those of the ready sweeps ``sweeps/lasa_table1.yaml``
+(the authors' code: their attacks, baselines, client-side clip and FMNIST recipe) and
+``sweeps/lasa_table1_paper.yaml`` (paper text), restricted to the FMNIST row, the defenses FedAvg, TrMean,
+Multi-Krum and LASA, the attacks none, TailoredTrMean, Lie and ByzMean, seed 0, and shortened to ``--rounds``
+rounds (the sweeps run 180 and 100). Everything else is the sweeps' own config, expanded by the sweep machinery,
+except the placement: this machine's default (``byzlab run``'s) instead of the sweeps' 6-CPU trials. A trial
+both sweeps have (none since the code twin took the code's recipe) would run once.
 
 Each finished trial is kept in ``--store`` (JSON, keyed by run id), so an interrupted benchmark continues where
 it stopped; the table is written from the store. Run it alone on the machine (flock -x /tmp/byzlab-cpu.lock):
