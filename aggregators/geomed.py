@@ -49,7 +49,7 @@ class GeoMedParams(AggregatorParams):
     variant: Literal["paper", "lasa_code"] = Field(
         "paper",
         description="paper: the geometric median; lasa_code: the LASA authors' GeoMed, which reweights each "
-        "update by exp(-||x_i - z||) twice and recomputes the weighted median (their FMNIST/MNIST/FEMNIST runs)",
+        "update by exp(-||x_i - z||) twice and recomputes the weighted median (their runs on every dataset but CIFAR)",
     )
 
     @model_validator(mode="before")
@@ -102,7 +102,7 @@ class GeoMed(Aggregator[GeoMedParams]):
     the weighted median (l.221-224: two passes for every dataset but CIFAR, none on CIFAR, where the variant
     ``paper`` is their rule). An update at distance r from the median thus ends with weight ~exp(-r - r'),
     so the passes pull z towards the densest updates. The weights are kept as logarithms and normalised
-    before ``exp`` (``exp`` of -1e3 is 0 in float32 for every row): the same ratios without underflow. The
+    before ``exp`` (``exp(-1000)`` is 0 in floating point): the same ratios without underflow. The
     package stops once the objective changes by less than 1e-20 of itself; byzlab's stopping rule (``tol``)
     gives the same median to within the tolerance. ``weights`` are the last pass's Weiszfeld weights;
     ``info["reweights"]`` is 2.

@@ -35,7 +35,7 @@ import yaml
 # benchmarks/aggregators.py would shadow the aggregators package: keep this folder off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from byzlab.sweeps.spec import Sweep, Trial, coupled_keys, expand, parse_spec, resolve_path
+from byzlab.sweeps.spec import Sweep, Trial, coupled_keys, drop_stale_excludes, expand, parse_spec, resolve_path
 
 RESULTS = Path(__file__).parent / "results" / "fidelity.md"
 STORE = Path(__file__).parent / "results" / "fidelity.json"
@@ -69,7 +69,7 @@ def reduced_sweep(name: str, *, rounds: int, defenses: list[str], attacks: list[
     missing = sorted(set(defenses) - set(raw["defenses"]) | set(attacks) - set(raw["attacks"]))
     if missing:
         sys.exit(f"{name}: no defense or attack named {', '.join(missing)}")
-    return expand(parse_spec(raw, name))
+    return expand(parse_spec(drop_stale_excludes(raw), name))
 
 
 def _rows_of(key: str, values: list, rounds: int) -> list:

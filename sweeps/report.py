@@ -323,7 +323,7 @@ def _labels_of(records: list[TrialRecord], all_keys: list[str], name_key: str, p
     for record in records:
         by_name[record.params[name_key]].append(record)
     param_keys = [k for k in all_keys if _in_section(k, params_section)]
-    bound = _varying(records, [k for k in all_keys if k in bound_keys])  # named wherever set, as they vary
+    bound = _varying(records, [k for k in all_keys if k in bound_keys])  # the sweep ties these to the label
     varying = {name: _varying(group, param_keys) + bound for name, group in by_name.items()}
     marked = f"{params_section}.variant"  # an authors'-code variant is named even where every record has it
     for name, group in by_name.items():

@@ -285,6 +285,22 @@ def _exclude(spec: SweepSpec, candidates: list[tuple[dict[str, Any], dict[str, s
     return kept
 
 
+def drop_stale_excludes(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw sweep dict cut to fewer defenses or attacks (a benchmark's reduced row), without the `exclude`
+    entries that can no longer match: those naming a removed defense or attack, or a parameter no remaining
+    one sets (expansion would reject them as keys the sweep does not set)."""
+    names = {_DEFENSE_KEYS[0]: set(raw.get("defenses") or ()), _ATTACK_KEYS[0]: set(raw.get("attacks") or ())}
+    params = {f"{prefix}{key}" for block, prefix in (("defenses", _DEFENSE_KEYS[1]), ("attacks", _ATTACK_KEYS[1]))
+              for grid in (raw.get(block) or {}).values() for key in (grid or {})}
+
+    def applies(entry: dict[str, Any]) -> bool:
+        return all((key not in names or not names[key] or value in names[key])
+                   and (not key.startswith((_DEFENSE_KEYS[1], _ATTACK_KEYS[1])) or key in params)
+                   for key, value in entry.items())
+
+    return {**raw, "exclude": [entry for entry in raw.get("exclude") or [] if applies(entry)]}
+
+
 def read_dotted(tree: dict[str, Any], key: str) -> Any:
     """``read_dotted(tree, "partition.beta")`` is ``tree["partition"]["beta"]`` (None where a section lacks it)."""
     for part in key.split("."):
@@ -350,7 +366,8 @@ def _check_search(spec: SweepSpec, trials: list[Trial]) -> None:
         raise ConfigError(f"search.metric: {err}") from None
     if spec.objective == "worst_attack":
         outside = [key for key in keys
-                   if not (key.startswith(_ATTACK_KEYS[1]) and key not in grid_keys(spec)) and key not in _ATTACK_SCHEDULE]
+                   if not (key.startswith(_ATTACK_KEYS[1]) and key not in grid_keys(spec))
+                   and key not in _ATTACK_SCHEDULE]
         if outside or spec.attacks is None:
             raise ConfigError("objective worst_attack searches the parameters of the `attacks` block and the "
                               "attack's schedule (grid keys threat.start_round, threat.every) only"

@@ -35,7 +35,7 @@ EXPECTED_NEEDS = {
     "norm_bound": {"num_samples"}, "centered_clipping": {"num_samples"}, "sparsefed": {"num_samples"},
     "truncate": {"num_samples"},
     "fedra": {"num_samples", "num_clients_total", "num_byzantine_total"},
-    "foolsgold": {"client_ids", "num_clients_total"},
+    "foolsgold": {"client_ids", "num_clients_total", "layers"},
     "lasa": {"layers"},
     "pawbrofl": {"loss_gaps", "layers", "generator"},
     "dnc": {"generator"}, "signguard": {"generator"},
@@ -45,13 +45,15 @@ EXPECTED_NEEDS = {
 }
 
 # Parameters under which a rule reads every field it declares (with the defaults DnC and SignGuard use all
-# of these few coordinates and draw none; PAwBRoFL's layers and generator are its authors'-code variant's),
+# of these few coordinates and draw none; PAwBRoFL's layers and generator and FoolsGold's layers are their
+# authors'-code variants'),
 # and SDEA with fewer epochs, for speed.
 EXERCISE = {
     "dnc": {"subsample_dim": 5, "niters": 2},
     "signguard": {"min_coordinates": 4},
     "sdea": {"epochs": 2},
     "pawbrofl": {"variant": "pawbrofl_code"},
+    "foolsgold": {"variant": "residual_code"},
 }
 
 

@@ -488,3 +488,13 @@ def test_keys_a_sweep_ties_to_the_defense_or_attack_are_named_with_it_not_as_col
     assert grid.group_keys == [] and len(grid.groups) == 1
     assert [grid.text(d) for d in grid.defenses] == ["fedavg (update_clip=1)", "lasa"]
     assert [grid.text(a) for a in grid.attacks[grid.groups[0]]] == ["none", "sign_flip (start_round=6)"]
+
+
+def test_a_groups_table_lists_only_the_defenses_run_in_it(tmp_path):
+    # LASA runs only on mnist: the digits table has no LASA row of dashes, the mnist one has it.
+    made = [make_record(make_params("fedavg", "lie", dataset=dataset), 0.5) for dataset in ("digits", "mnist")]
+    made.append(make_record(make_params("lasa", "lie", dataset="mnist"), 0.6))
+    table = write_report(made, tmp_path)[0].read_text()
+    digits, mnist = table.split("### dataset=mnist")
+    assert "| fedavg |" in digits and "lasa" not in digits
+    assert "| fedavg |" in mnist and "| lasa |" in mnist

@@ -436,3 +436,21 @@ def test_coupled_grid_keys_are_grid_keys_for_exclude_and_the_report():
         ("fedavg", 1), ("fedavg", 3), ("lasa", 1)}
     message = _error({**raw, "report": {"attack_keys": ["clients.momentum"]}})
     assert "report.attack_keys: 'clients.momentum' is not a grid key of this sweep" in message
+
+
+def test_a_sweep_cut_to_fewer_defenses_drops_the_excludes_that_no_longer_apply():
+    from byzlab.sweeps.spec import drop_stale_excludes
+
+    raw = yaml.safe_load(resolve_path("lasa_table1").read_text())
+    raw["defenses"] = {"lasa": raw["defenses"]["lasa"]}
+    with pytest.raises(ConfigError, match="'server.aggregator_params.variant' is not a key this sweep sets"):
+        expand(parse_spec(raw, "cut"))
+    cut = drop_stale_excludes(raw)
+    # GeoMed's variant and the clipped defenses' entries go; λ_m's and the clip's dataset entries stay
+    assert all("server.aggregator_params.variant" not in e for e in cut["exclude"])
+    assert {"data.dataset": "fashion-mnist", "server.aggregator_params.lambda_m": 1.0} in cut["exclude"]
+    assert {"clients.update_clip": 1.0, "server.aggregator": "lasa"} in cut["exclude"]
+    assert not any(e.get("server.aggregator") == "fedavg" for e in cut["exclude"])
+    sweep = expand(parse_spec(cut, "cut"))
+    assert {(t.config.data.dataset, t.config.server.aggregator_params["lambda_m"], t.config.clients.update_clip)
+            for t in sweep.trials} == {("fashion-mnist", 2.0, None), ("cifar10", 1.0, None), ("cifar100", 1.0, None)}
