@@ -47,6 +47,20 @@ def _largest_f(n: int, per_f: int, base: int) -> int:
     return max(0, (n - base) // per_f)
 
 
+def _assumed_f(params: AggregatorParams, num_byzantine: int) -> int:
+    """The Byzantine count a rule works with: its own ``f`` parameter where it has one and it is set, else the
+    round's declared count."""
+    f = getattr(params, "f", None)
+    return num_byzantine if f is None else f
+
+
+def _own_count(engine_default: int, rule: str):
+    """The ``f`` parameter of Multi-Krum and Bulyan: a count that overrides the round's declared one."""
+    return Field(None, ge=0, description="the Byzantine count the rule assumes; None = the round's declared count "
+                 f"(threat.declared_byzantine, else the true one); the LASA authors' engine calls {rule} with "
+                 f"{engine_default} whatever the attack ratio")
+
+
 # ---------------------------------------------------------------------------------------- krum family
 
 
@@ -75,16 +89,9 @@ class _KrumFamily(Aggregator[KP]):
     def _m(self) -> int | None:
         return getattr(self.params, "m", self.default_m)
 
-    @staticmethod
-    def assumed_f(params: KP, num_byzantine: int) -> int:
-        """The Byzantine count the rule works with: its own ``f`` parameter where it has one and it is set,
-        else the round's declared count."""
-        f = getattr(params, "f", None)
-        return num_byzantine if f is None else f
-
     @classmethod
     def check_setting(cls, params: KP, num_clients: int, num_byzantine: int) -> None:
-        n, f = num_clients, cls.assumed_f(params, num_byzantine)
+        n, f = num_clients, _assumed_f(params, num_byzantine)
         if n <= 2 * f + 2:
             raise ValueError(
                 f"{cls.name} needs n > 2f + 2 updates per round: n={n}, f={f} (2f + 2 = {2 * f + 2}; "
@@ -98,11 +105,11 @@ class _KrumFamily(Aggregator[KP]):
 
     @classmethod
     def tolerated_rows(cls, params: KP, num_clients: int, num_byzantine: int) -> int:
-        return min(cls.assumed_f(params, num_byzantine), _largest_f(num_clients, 2, 3))
+        return min(_assumed_f(params, num_byzantine), _largest_f(num_clients, 2, 3))
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         n = updates.shape[0]
-        declared = self.assumed_f(self.params, ctx.num_byzantine)
+        declared = _assumed_f(self.params, ctx.num_byzantine)
         f = min(declared, _largest_f(n, 2, 3))
         m = self._m()
         m = n - f if m is None else m
@@ -138,12 +145,7 @@ class MultiKrumParams(AggregatorParams):
         description="number of lowest-score updates averaged; default n - f (Blanchard et al. 2017, §5), "
         "clamped to n - f",
     )
-    f: int | None = Field(
-        None,
-        ge=0,
-        description="the Byzantine count the rule assumes; None = the round's declared count (threat.declared_byzantine, "
-        "else the true one); the LASA authors' engine calls multi_krum with 10 whatever the attack ratio",
-    )
+    f: int | None = _own_count(10, "multi_krum")
     variant: Literal["paper", "lasa_code"] = Field(
         "paper",
         description="paper: Blanchard et al.'s Multi-Krum; lasa_code: the LASA authors' multi_krum (one update at a "
@@ -183,7 +185,7 @@ class MultiKrum(_KrumFamily[MultiKrumParams]):
         selection, n - 2f - 2 updates. Their engine calls it with its default f = 10 whatever the attack ratio
         (``algorithms/engine/fedavg_all.py``): give that count with the ``f`` parameter."""
         n = updates.shape[0]
-        declared = self.assumed_f(self.params, ctx.num_byzantine)
+        declared = _assumed_f(self.params, ctx.num_byzantine)
         f = min(declared, _largest_f(n, 2, 3))
         chosen = _authors_selection(pairwise_distances(updates, 2), f, n - 2 * f - 2)
         weights = torch.zeros(n, device=updates.device, dtype=updates.dtype)
@@ -220,12 +222,7 @@ class L1Krum(_KrumFamily[L1KrumParams]):
 
 
 class BulyanParams(AggregatorParams):
-    f: int | None = Field(
-        None,
-        ge=0,
-        description="the Byzantine count the rule assumes; None = the round's declared count (threat.declared_byzantine, "
-        "else the true one); the LASA authors' engine calls bulyan with its default 5 whatever the attack ratio",
-    )
+    f: int | None = _own_count(5, "bulyan")
     variant: Literal["paper", "lasa_code"] = Field(
         "paper",
         description="paper: El Mhamdi et al.'s Bulyan; lasa_code: the LASA authors' bulyan (their Krum scores over the "
@@ -273,7 +270,7 @@ class Bulyan(Aggregator[BulyanParams]):
 
     @classmethod
     def check_setting(cls, params: BulyanParams, num_clients: int, num_byzantine: int) -> None:
-        n, f, base = num_clients, _KrumFamily.assumed_f(params, num_byzantine), cls._base(params)
+        n, f, base = num_clients, _assumed_f(params, num_byzantine), cls._base(params)
         if n < 4 * f + base:
             raise ValueError(
                 f"bulyan needs n >= 4f + {base} updates per round: n={n}, f={f} (4f + {base} = {4 * f + base}; "
@@ -282,13 +279,13 @@ class Bulyan(Aggregator[BulyanParams]):
 
     @classmethod
     def tolerated_rows(cls, params: BulyanParams, num_clients: int, num_byzantine: int) -> int:
-        return min(_KrumFamily.assumed_f(params, num_byzantine), _largest_f(num_clients, 4, cls._base(params)))
+        return min(_assumed_f(params, num_byzantine), _largest_f(num_clients, 4, cls._base(params)))
 
     def aggregate(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         if self.params.variant == "lasa_code":
             return self._authors_code(updates, ctx)
         n, d = updates.shape
-        declared = _KrumFamily.assumed_f(self.params, ctx.num_byzantine)
+        declared = _assumed_f(self.params, ctx.num_byzantine)
         f = min(declared, _largest_f(n, 4, 3))
         theta = n - 2 * f
         beta = theta - 2 * f
@@ -310,7 +307,7 @@ class Bulyan(Aggregator[BulyanParams]):
     def _authors_code(self, updates: torch.Tensor, ctx: RoundContext) -> AggregationResult:
         """The LASA authors' ``bulyan`` (see the class docstring)."""
         n, d = updates.shape
-        declared = _KrumFamily.assumed_f(self.params, ctx.num_byzantine)
+        declared = _assumed_f(self.params, ctx.num_byzantine)
         f = min(declared, _largest_f(n, 4, 1))
         chosen = _authors_selection(pairwise_distances(updates, 2), f, n - 2 * f)
         theta = len(chosen)

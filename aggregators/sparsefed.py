@@ -56,6 +56,13 @@ class SparseFedParams(AggregatorParams):
         return self
 
 
+def _keep_top(vector: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+    """Copy the k coordinates of ``vector`` of largest magnitude into ``out``; return their indices."""
+    sent = torch.topk(vector.abs(), k, sorted=False).indices
+    out[sent] = vector[sent]
+    return sent
+
+
 @register
 class SparseFed(Aggregator[SparseFedParams]):
     """SparseFed, "true top-k" variant (Panda et al. 2022: the SparseFed algorithm with the exact top-k in
@@ -83,7 +90,8 @@ class SparseFed(Aggregator[SparseFedParams]):
     **Paper text or authors' code** (``variant``). ``lasa_code`` is the SparseFed the LASA authors ran as a
     baseline (``JiiahaoXU/LASA``, ``algorithms/defense/sparsefed.py``): ``sparsefed()`` sets ``momentum = None``
     on entry (l.79), so momentum and error start from zero every round and nothing carries over; the update is
-    the top ``k = int(com_p·d)`` coordinates (by squared value, l.16-19; byzlab ranks by magnitude, the same order) of the plain mean of the updates, with
+    the top ``k = int(com_p·d)`` coordinates (by squared value, l.16-19; byzlab ranks by magnitude, the
+    same order) of the plain mean of the updates, with
     ``com_p = 1 - sparsity`` = ``topk_fraction``. It does not clip: their engine clips every client's update
     to its ``clip`` (1.0 on FMNIST and MNIST, 2.0 on FEMNIST) *before* the attack, on every dataset but
     CIFAR, which byzlab's ``clients.update_clip`` reproduces. The variant is stateless (``state_dict`` empty)
@@ -141,8 +149,7 @@ class SparseFed(Aggregator[SparseFedParams]):
             if velocity is not None:
                 velocity.zero_()
         else:
-            sent = torch.topk(error.abs(), k, sorted=False).indices
-            update[sent] = error[sent]
+            sent = _keep_top(error, k, update)
             error[sent] = 0
             if velocity is not None:
                 velocity[sent] = 0  # momentum-factor masking
@@ -163,8 +170,7 @@ class SparseFed(Aggregator[SparseFedParams]):
         mean = weighted_rows(weights, updates)
         k = max(1, int(self.params.topk_fraction * updates.shape[1]))
         update = torch.zeros_like(mean)
-        sent = torch.topk(mean.abs(), k, sorted=False).indices
-        update[sent] = mean[sent]
+        _keep_top(mean, k, update)
         return AggregationResult(update=update, weights=weights, info={"clipped": 0.0, "k": float(k),
                                                                         "error_norm": 0.0})
 

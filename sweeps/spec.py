@@ -123,9 +123,9 @@ class SweepSpec(BaseModel):
         for key, values in grid.items():
             if not values:
                 raise ValueError(f"'{key}' has no values")
-            if "run.seed" in coupled_keys(key):
-                raise ValueError("'run.seed' is swept with the top-level `seeds` list")
             parts = coupled_keys(key)
+            if "run.seed" in parts:
+                raise ValueError("'run.seed' is swept with the top-level `seeds` list")
             if len(parts) > 1 and not (isinstance(values, list) and all(
                     isinstance(row, list) and len(row) == len(parts) for row in values)):
                 raise ValueError(f"'{key}': coupled keys take a list of rows, each a list of {len(parts)} values "
