@@ -187,7 +187,9 @@ def main() -> None:
         "start-up noise). One fresh process per cell. Rules that evaluate models (fltrust, sageflow, sdea) see a "
         f"linear model with exactly d parameters, {PROXY_SAMPLES} labeled and {PUBLIC_SAMPLES} unlabeled server samples. "
         f"'skip (memory)': the input alone would exceed a third of {args.memory_gib:g} GiB; "
-        f"'timeout': over {args.timeout:g} s.",
+        f"'timeout': over {args.timeout:g} s. A cell includes what the rule does once per process on its first "
+        "call: FedRA imports scipy.stats there (~1.2 s, kept out of the actors' start-up), so its small cells "
+        "read ~1 s.",
         "",
         header,
         "| --- | " + " | ".join("---:" for _ in DIMENSIONS for _ in CLIENTS) + " |",

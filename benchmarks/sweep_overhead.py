@@ -13,21 +13,32 @@ callback stamps every trial's start, results and end on the driver; each trial's
 
 Per sweep: the wall time of ``launch`` (pre-flight, MLflow parent run, Tune, report) and of the trials
 alone (Tune's start to the last completion), each as a ratio to (sum of rounds / c). Every trial's
-computed metrics must be equal in both modes (the benchmark fails otherwise).
+computed metrics must be equal in every mode (the benchmark fails otherwise).
 
-    flock -x /tmp/byzlab-cpu.lock python benchmarks/sweep_overhead.py [--repeats 2] [--cpus 2]
+``--before REV`` adds a third mode, reused workers with git revision REV's code (checked out in a temporary
+worktree), so that a change is measured against the code before it side by side, in the same run. Each sweep
+runs in a process of its own, with a Ray cluster of its own whose workers import that mode's code.
+
+Process start-up: each kind of process a trial starts (Tune's trainable, a client and a server actor) is
+timed alone first, as the CPU seconds of importing what it imports in a new interpreter (the floor of a
+slot's first trial: on c slots and c cores those imports run c at a time).
+
+    flock -x /tmp/byzlab-cpu.lock python benchmarks/sweep_overhead.py [--repeats 2] [--cpus 2] [--before REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +57,14 @@ from byzlab.sweeps.spec import PACKAGED_SWEEPS, expand, parse_spec
 RESULTS = Path(__file__).parent / "results" / "sweep_overhead.md"
 TIMING_COLUMNS = ("seconds",)  # metric names containing this depend on the clock, not on the computation
 MODES = {"fresh processes per trial": False, "reused workers": True}
+BEFORE_MODE = "reused workers, {revision}'s code"
+# What each process a trial starts imports: its module's import, as Ray's worker does when it unpickles the
+# trainable or the actor class.
+PROCESS_IMPORTS = {
+    "Tune's trainable": "byzlab.sweeps.trainable",
+    "client actor": "byzlab.actors.client",
+    "server actor": "byzlab.actors.server",
+}
 
 
 class Timeline(tune.Callback):
@@ -181,7 +200,7 @@ def _table(results: list[SweepTimes]) -> list[str]:
 def _summary(results: list[SweepTimes]) -> list[str]:
     """The issue's two targets, per mode over the repeats."""
     lines = []
-    for mode in MODES:
+    for mode in dict.fromkeys(r.mode for r in results):
         runs = [r for r in results if r.mode == mode]
         later = [t.overhead for r in runs for t in _split(r)[1]]
         first = [t.overhead for r in runs for t in _split(r)[0]]
@@ -204,41 +223,131 @@ def _check_same_numbers(results: list[SweepTimes]) -> None:
             raise AssertionError(f"{r.mode}: trials {differing} computed other numbers than {results[0].mode}")
 
 
+def _from_json(text: str) -> SweepTimes:
+    raw = json.loads(text)
+    trials = [TrialTimes(**trial) for trial in raw.pop("trials")]
+    return SweepTimes(**raw, trials=trials)
+
+
+def _sweep_in_own_process(mode: str, reuse: bool, root: Path, cpus: int, env: dict[str, str]) -> SweepTimes:
+    """One sweep in a new process with a Ray cluster of its own, whose workers import ``env``'s byzlab."""
+    out = root.with_suffix(".json")
+    subprocess.run([sys.executable, __file__, "--cpus", str(cpus), "--one-sweep", mode, str(int(reuse)), str(root),
+                    str(out)], env=env, check=True, stdout=subprocess.DEVNULL)
+    return _from_json(out.read_text())
+
+
+def _one_sweep(mode: str, reuse: bool, root: Path, out: Path, cpus: int) -> None:
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    result = run_sweep(mode, reuse, root)
+    ray.shutdown()
+    out.write_text(json.dumps(asdict(result)))
+
+
+def _import_seconds(module: str, env: dict[str, str], repeats: int = 3) -> tuple[float, float]:
+    """CPU and wall seconds of importing ``module`` in a new interpreter, median of ``repeats`` after one
+    warm-up (the files in the page cache, as for a sweep's later processes)."""
+    code = (f"import time; c, w = time.process_time(), time.perf_counter(); import {module}; "
+            "print(time.process_time() - c, time.perf_counter() - w)")
+    timings = []
+    for _ in range(repeats + 1):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        timings.append(tuple(float(x) for x in out.stdout.split()))
+    cpu, wall = zip(*timings[1:])
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def _worktree_env(repo: Path, revision: str, tmp: Path) -> dict[str, str]:
+    """An environment whose ``byzlab`` is ``revision``'s, checked out in a worktree under ``tmp``."""
+    tree, package = tmp / "tree", tmp / "package"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), revision],
+                   check=True, capture_output=True)
+    package.mkdir()
+    (package / "byzlab").symlink_to(tree)
+    return {**os.environ, "PYTHONPATH": str(package)}
+
+
+def _start_up_lines(imports: dict[str, tuple[float, float]], concurrent: int, cpus: int) -> list[str]:
+    per_slot = sum(cpu for cpu, _ in imports.values())
+    return [
+        "Process start-up, each kind timed alone (CPU / wall seconds of its imports in a new interpreter): "
+        + ", ".join(f"{kind} {cpu:.2f} / {wall:.2f} s" for kind, (cpu, wall) in imports.items())
+        + f". A slot's first trial starts all three: {per_slot:.1f} CPU seconds; the first {concurrent} trials "
+        f"start {3 * concurrent} processes at once on {cpus} cores, at least {concurrent * per_slot / cpus:.1f} s "
+        "before the first round, however the work is ordered.",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=2, help="sweeps per mode, the modes alternating")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    parser.add_argument("--before", metavar="REV", help="also reused workers with git revision REV's code")
+    parser.add_argument("--one-sweep", nargs=4, metavar=("MODE", "REUSE", "ROOT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    if args.one_sweep:
+        mode, reuse, root, out = args.one_sweep
+        _one_sweep(mode, bool(int(reuse)), Path(root), Path(out), args.cpus)
+        return
+    repo = Path(__file__).resolve().parents[1]
+    imports = {kind: _import_seconds(module, dict(os.environ)) for kind, module in PROCESS_IMPORTS.items()}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):
-            for mode, reuse in MODES.items():
-                results.append(run_sweep(mode, reuse, Path(tmp) / f"{repeat}-{reuse}"))
-                print("\n".join(_table(results[-1:])), flush=True)
-    ray.shutdown()
+        modes = {mode: (reuse, dict(os.environ)) for mode, reuse in MODES.items()}
+        if args.before:
+            revision = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", args.before],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+            modes[BEFORE_MODE.format(revision=revision)] = (True, _worktree_env(repo, args.before, Path(tmp)))
+        try:
+            for repeat in range(args.repeats):
+                for index, (mode, (reuse, env)) in enumerate(modes.items()):
+                    root = Path(tmp) / f"sweep-{repeat}-{index}"
+                    results.append(_sweep_in_own_process(mode, reuse, root, args.cpus, env))
+                    print("\n".join(_table(results[-1:])), flush=True)
+        finally:
+            if args.before:
+                subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(Path(tmp) / "tree")],
+                               check=False, capture_output=True)
     _check_same_numbers(results)
     fresh = [r for r in results if r.mode == "fresh processes per trial"]
     reused = [r for r in results if r.mode == "reused workers"]
     speedups = [f.launch_wall / r.launch_wall for f, r in zip(fresh, reused)]
-    command = f"flock -x /tmp/byzlab-cpu.lock python benchmarks/sweep_overhead.py --repeats {args.repeats} --cpus {args.cpus}"
+    before_lines = []
+    if args.before:
+        before = [r for r in results if r.mode not in MODES]
+        before_lines = [
+            f"Later trials' overhead per round, this code / {before[0].mode}: "
+            + ", ".join(f"{_mean([t.per_round for t in _split(a)[1]]) * 1e3:.0f} / "
+                        f"{_mean([t.per_round for t in _split(b)[1]]) * 1e3:.0f} ms" for a, b in zip(reused, before))
+            + " (same repeat); sweep wall, before / this code: "
+            + ", ".join(f"{b.launch_wall / a.launch_wall:.2f}×" for a, b in zip(reused, before)) + ".",
+            "",
+        ]
+    command = ("flock -x /tmp/byzlab-cpu.lock python benchmarks/sweep_overhead.py "
+               f"--repeats {args.repeats} --cpus {args.cpus}" + (f" --before {args.before}" if args.before else ""))
     text = [
         "# Sweep overhead: fresh processes per trial vs reused workers",
         "",
-        f"`{command}` on {platform.machine()}, {args.cpus} CPUs for Ray, torch threads as the trials reserve. "
-        "The quickstart sweep (12 trials, digits, 20 rounds, one 0.5-CPU client actor and a 0.5-CPU server per trial, MLflow on), each mode run "
-        f"{args.repeats}× in one process, alternating. c = {results[0].concurrent} trials at a time. Method: "
-        "benchmarks/sweep_overhead.py's docstring; every trial computed the same metrics in every sweep.",
+        f"`{command}` on {platform.machine()}, {args.cpus} CPUs for Ray, torch threads as the trials reserve, "
+        f"{time.strftime('%Y-%m-%d')}. The quickstart sweep (12 trials, digits, 20 rounds, one 0.5-CPU client actor "
+        f"and a 0.5-CPU server per trial, MLflow on), each mode run {args.repeats}× in one run of the benchmark, "
+        f"alternating, each sweep in a process and a Ray cluster of its own. c = {results[0].concurrent} trials at "
+        "a time. Method: benchmarks/sweep_overhead.py's docstring; every trial computed the same metrics in every "
+        "sweep.",
         "",
         *_table(results),
         "",
         f"Sweep wall time, fresh / reused (same repeat): {', '.join(f'{s:.2f}×' for s in speedups)}.",
         "",
+        *before_lines,
         *_summary(results),
         "",
+        *_start_up_lines(imports, results[0].concurrent, args.cpus),
+        "",
         "Start: from the slot being free to the first result, less round 1 (preparing the run, MLflow, lending "
-        "the actors). Per round: the gap between two results less the round (the server's round trip, MLflow's "
-        "row, Tune's report, checkpoints every 5 rounds). Round 1 is slower on a new actor (torch's first "
+        "the actors). Per round: the gap between two results less the round. The server computes the next round "
+        "while the trainable records the last (its rows, MLflow's row, Tune's report, checkpoints every 5 rounds), "
+        "so what is left is the round trip of the server's reply. Round 1 is slower on a new actor (torch's first "
         "calls), so Σ rounds is smaller with reused workers. The first trial on a slot pays the process "
         "start-ups: Tune's trainable, then (while the run opens) a client and a server actor, each importing "
         "torch and byzlab; on 2 cores the two slots' six processes start at once.",

@@ -344,17 +344,32 @@ def _open(prepared: Prepared, parent: ParentRun | None) -> ActiveRun:
 
 
 def _loop(run: ActiveRun, server: Any, on_round: RoundCallback | None) -> str:
-    """Rounds after the checkpoint to the last; returns the server's device."""
+    """Rounds after the checkpoint to the last; returns the server's device.
+
+    The server computes round r + 1 while this process records round r (its rows, MLflow, the checkpoint,
+    ``on_round``'s report to Tune), so that bookkeeping adds no time to a round. The actor runs its calls in
+    the order they were sent, so a checkpoint's state, asked for before round r + 1 is sent, is the state
+    after round r. A run ended by ``StopRun`` waits for the round in flight before the actors go back to
+    the pool: the next run re-initialises them, and no call of this run may reach them after that."""
     cfg = run.prepared.cfg
     if run.checkpoint is not None:
         ray.get(server.load_state_dict.remote(run.checkpoint["server"]))
-    for round_index in range(run.start_round + 1, cfg.run.rounds + 1):
-        report = ray.get(server.run_round.remote(round_index))
-        run.record(report)
-        if is_checkpoint_round(cfg, round_index):
-            run.persist(round_index, ray.get(server.state_dict.remote()))
-        if on_round:
-            on_round(report["metrics"])
+    rounds = range(run.start_round + 1, cfg.run.rounds + 1)
+    in_flight = server.run_round.remote(rounds[0]) if rounds else None
+    for round_index in rounds:
+        report = ray.get(in_flight)
+        state = server.state_dict.remote() if is_checkpoint_round(cfg, round_index) else None
+        in_flight = server.run_round.remote(round_index + 1) if round_index < cfg.run.rounds else None
+        try:
+            run.record(report)
+            if state is not None:
+                run.persist(round_index, ray.get(state))
+            if on_round:
+                on_round(report["metrics"])
+        except StopRun:
+            if in_flight is not None:
+                ray.wait([in_flight], timeout=None)
+            raise
     return ray.get(server.describe.remote())["device"]
 
 

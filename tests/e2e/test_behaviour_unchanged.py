@@ -5,9 +5,15 @@ The stored runs were recorded with the placement of before issue 13 (one client 
 default placement (two client actors, the server on their two CPUs) computes every number bit for bit the
 same, so the placement's own bookkeeping (which actor hosted each client) is left out of the comparison.
 
-The configs and stored tables live in ``tests/fixtures/behaviour/``, with ``run_ids.json``: the run ids that
-ten configs had before the refactor. Re-record them only for a change
-that is meant to change numbers, and say so in the commit: ``python tests/test_behaviour_unchanged.py``.
+Bit for bit holds on one kind of machine only: torch picks its CPU kernels by the instruction set (AVX2,
+AVX-512) and MKL its own by the CPU, and their floating-point sums are ordered differently. So the tables are
+stored once per kind of machine, each set under ``recorded/<set>/`` with ``machine.json`` saying what recorded
+it, and a run must equal one set bit for bit. A new set is recorded from code that already matched a set on
+its machine (a landed commit), never from a change under test.
+
+The configs live in ``tests/e2e/fixtures/behaviour/``, with ``run_ids.json``: the run ids that ten configs had
+before the refactor. Re-record only for a change that is meant to change numbers, and say so in the commit:
+``python tests/e2e/test_behaviour_unchanged.py SET [CASE ...]`` (every set, on its own kind of machine).
 """
 
 from __future__ import annotations
@@ -25,19 +31,25 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, also when this file runs as the recorder
+from machine_kind import describe_machine, stored_behaviour  # noqa: E402
+
 FIXTURES = Path(__file__).parent / "fixtures" / "behaviour"
 CASES = ("quickstart", "fmnist_lasa_byzmean", "digits_fedra_signflip_quantity")
+# Every set is recorded with the placement of the first (one client actor, a 1-CPU server), so that the
+# placement's columns are those of the first set too (tests/e2e/test_worker_reuse_e2e.py compares them).
+RECORDING_PLACEMENT = ("run.client_actors=1", "run.client_actor_cpus=1", "run.server_cpus=1")
 TABLES = ("metrics", "clients")
 
 
-def run_case(name: str, output_dir: Path) -> dict[str, pa.Table]:
+def run_case(name: str, output_dir: Path, overrides: tuple[str, ...] = ()) -> dict[str, pa.Table]:
     """Run the fixture config ``name`` from scratch; its deterministic tables by name."""
     from byzlab.orchestrator.config import build_config
     from byzlab.orchestrator.run.experiment import run_experiment
     from byzlab.orchestrator.run.storage import RunDirectory
 
     raw = yaml.safe_load((FIXTURES / f"{name}.yaml").read_text()) or {}
-    cfg = build_config(raw, [f"run.output_dir={output_dir}", "tracking.enabled=false"])
+    cfg = build_config(raw, [f"run.output_dir={output_dir}", "tracking.enabled=false", *overrides])
     run_dir = RunDirectory(run_experiment(cfg).run_dir)
     metrics = pq.read_table(run_dir.metrics_path)
     timing = [c for c in metrics.column_names if c.endswith("_seconds")]  # wall clock differs run to run
@@ -77,9 +89,19 @@ def test_numbers_match_the_stored_run(name, tmp_path):
         if not DEBIAN_FASHION_MNIST_DIR.is_dir():
             pytest.skip("needs Debian's dataset-fashion-mnist (installed by .ci/run)")
     tables = run_case(name, tmp_path)
-    for table in TABLES:
-        stored = pq.read_table(FIXTURES / f"{name}.{table}.parquet")
-        assert bitwise_differences(numbers(stored), numbers(tables[table])) == [], f"{name} {table}.parquet changed"
+    differences = differences_from_every_set(name, tables)
+    assert differences is None, f"{name} equals no recorded set bit for bit on this machine ({describe_machine()}): {differences}"
+
+
+def differences_from_every_set(name: str, tables: dict[str, pa.Table], view=numbers) -> dict[str, list[str]] | None:
+    """None when ``tables`` (some of ``TABLES``, by name) equal one recorded set of the run ``name`` bit for
+    bit, as ``view`` shows them; else each set's differing columns."""
+    differences = {}
+    for table, actual in tables.items():
+        for recorded, stored in stored_behaviour(name, table).items():
+            differences.setdefault(recorded, []).extend(
+                f"{table}.parquet {column}" for column in bitwise_differences(view(stored), view(actual)))
+    return None if any(not columns for columns in differences.values()) else differences
 
 
 @pytest.mark.parametrize("case", json.loads((FIXTURES / "run_ids.json").read_text()), ids=lambda c: " ".join(c["overrides"]) or "defaults")
@@ -100,12 +122,17 @@ def test_bitwise_comparison_sees_one_ulp_and_nan_positions():
     assert bitwise_differences(base, base.drop_columns(["n"])) != []
 
 
-if __name__ == "__main__":  # re-record the stored tables
+if __name__ == "__main__":  # record (or re-record) one set on this machine: SET [CASE ...]
     import ray
 
+    from machine_kind import BEHAVIOUR_SETS
+
+    target = BEHAVIOUR_SETS / sys.argv[1]
+    target.mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    for case in sys.argv[1:] or CASES:
+    for case in sys.argv[2:] or CASES:
         with tempfile.TemporaryDirectory() as directory:
-            for table_name, table in run_case(case, Path(directory)).items():
-                pq.write_table(table, FIXTURES / f"{case}.{table_name}.parquet")
-        print(f"recorded {case}")
+            for table_name, table in run_case(case, Path(directory), RECORDING_PLACEMENT).items():
+                pq.write_table(table, target / f"{case}.{table_name}.parquet")
+        print(f"recorded {case} in {target}")
+    (target / "machine.json").write_text(json.dumps(describe_machine(), indent=1) + "\n")

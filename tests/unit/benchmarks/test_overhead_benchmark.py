@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+from machine_kind import stored_behaviour
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 SCRIPT = REPOSITORY / "benchmarks" / "overhead.py"
-QUICKSTART = REPOSITORY / "tests" / "e2e" / "fixtures" / "behaviour" / "quickstart.metrics.parquet"
 
 
 def test_the_pure_loop_on_one_thread_reproduces_byzlabs_stored_quickstart_rounds(overhead):
@@ -23,10 +22,9 @@ def test_the_pure_loop_on_one_thread_reproduces_byzlabs_stored_quickstart_rounds
         result = overhead.pure_loop(["run.rounds=2"], threads=1)  # the stored run's actors: one thread each
     finally:
         torch.set_num_threads(threads)
-    stored = pq.read_table(QUICKSTART).slice(0, 2).to_pylist()
-    assert [(r["test_accuracy"], r["test_loss"]) for r in result["rounds"]] == [
-        (s["test_accuracy"], s["test_loss"]) for s in stored
-    ]
+    stored = {recorded: [(s["test_accuracy"], s["test_loss"]) for s in table.slice(0, 2).to_pylist()]
+              for recorded, table in stored_behaviour("quickstart", "metrics").items()}
+    assert [(r["test_accuracy"], r["test_loss"]) for r in result["rounds"]] in stored.values(), stored
     assert result["threads"] == 1
 
 

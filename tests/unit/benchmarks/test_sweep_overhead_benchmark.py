@@ -33,3 +33,22 @@ def test_trials_are_timed_from_the_moment_their_slot_was_free(sweep_overhead, tm
     assert (c.start, c.per_round, c.finish, c.first_round) == pytest.approx((8.3 - 7.6 - 0.5, 0.1, 0.1, 0.5))
     # a slot's trials add up to the time its last one ended: A then C on the first, B on the second
     assert (a.wall + c.wall, times["b"].wall) == pytest.approx((8.9, 8.7))
+
+
+def test_a_sweep_measured_in_its_own_process_comes_back_whole(sweep_overhead):
+    import json
+    from dataclasses import asdict
+
+    trial = sweep_overhead.TrialTimes(run_id="a", pid=7, rounds=1.5, wall=2.0, start=0.25, per_round=0.01,
+                                      finish=0.05, first_round=0.5, first_on_slot=True)
+    sweep = sweep_overhead.SweepTimes("reused workers", 3.0, 2.5, 2, [trial], {"a": {"round": [1, 2]}})
+    back = sweep_overhead._from_json(json.dumps(asdict(sweep)))
+    assert back == sweep and back.trials[0].overhead == pytest.approx(0.5)
+
+
+def test_the_start_up_floor_is_every_slots_imports_shared_by_the_cores(sweep_overhead):
+    imports = {"trainable": (3.0, 3.5), "client": (2.0, 2.2), "server": (1.0, 1.1)}
+    (line,) = sweep_overhead._start_up_lines(imports, concurrent=2, cpus=2)
+    assert "6.0 CPU seconds" in line and "6 processes at once on 2 cores, at least 6.0 s" in line
+    (line,) = sweep_overhead._start_up_lines(imports, concurrent=3, cpus=2)
+    assert "9 processes at once on 2 cores, at least 9.0 s" in line

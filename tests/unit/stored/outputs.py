@@ -5,8 +5,11 @@ number). Each case is a seeded input; its output is recorded as a SHA-256 of the
 The cases cover the code paths speed-ups touch: small and tall matrices, ties (values on a coarse grid), a
 width past the 65,536-column chunks several rules work in, hostile rows (far outliers), and a layer layout.
 
-Re-record only for a change that is meant to change numbers, and say so in the commit:
-``python tests/unit/stored/outputs.py --record``.
+Bit for bit holds on one kind of machine only (``tests/machine_kind.py``): the digests are stored once per
+kind of machine, as ``recorded/<set>.json`` with what recorded them, and the outputs must equal one set. A
+new set is recorded from code that already matched a set on its machine (a landed commit), never from a
+change under test. Re-record only for a change that is meant to change numbers (every set, each on its own
+kind of machine), and say so in the commit: ``python tests/unit/stored/outputs.py --record SET``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-STORED = Path(__file__).parent / "outputs.json"
+sys.path.insert(0, str(Path(__file__).parents[2]))  # tests/, also when this file runs as the recorder
+from machine_kind import describe_machine  # noqa: E402
+
+RECORDED = Path(__file__).parent / "recorded"  # one set of digests per kind of machine
 RECORDED_THREADS = 2  # torch threads of the recording: some kernels' rounding follows the thread count
 CLASSES = 10
 PRE_AGGREGATOR_PARAMS = {"clipping": {"threshold": 0.5}}  # parameters a pre-aggregator has no default for
@@ -96,18 +103,30 @@ def cases() -> Iterator[tuple[str, object]]:
             yield f"attack/{name}/{shape}", {"crafted": _digest(crafted)}
 
 
+def stored_sets() -> dict[str, dict[str, dict[str, str]]]:
+    """Each recorded set's digests by case, by set name."""
+    return {path.stem: json.loads(path.read_text())["cases"] for path in sorted(RECORDED.glob("*.json"))}
+
+
+def differing_cases(now: dict[str, dict[str, str]], stored: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """The cases whose outputs differ from ``stored``, each with its differing outputs."""
+    changed = {case: sorted(k for k in now[case] if now[case][k] != stored.get(case, {}).get(k)) for case in now}
+    return {case: keys for case, keys in changed.items() if keys}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--record", action="store_true", help="overwrite the stored digests")
+    parser.add_argument("--record", metavar="SET", help="store this machine's digests as the set SET")
     args = parser.parse_args()
     torch.set_num_threads(RECORDED_THREADS)
     recorded = dict(cases())
     if args.record:
-        STORED.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
-        print(f"recorded {len(recorded)} cases in {STORED}")
+        path = RECORDED / f"{args.record}.json"
+        path.write_text(json.dumps({"machine": describe_machine(), "cases": recorded}, indent=1, sort_keys=True) + "\n")
+        print(f"recorded {len(recorded)} cases in {path}")
         return
-    stored = json.loads(STORED.read_text())
-    print("\n".join(case for case in recorded if recorded[case] != stored.get(case)) or "all equal")
+    for name, stored in stored_sets().items():
+        print(f"{name}: {', '.join(differing_cases(recorded, stored)) or 'all equal'}")
 
 
 if __name__ == "__main__":
