@@ -7,7 +7,8 @@ splits every round (after the first, which warms up) into
 - transfer: the rest of the client phase (broadcast of the global model, gathering and stacking updates),
 - aggregation, evaluation: as measured on the server,
 - server other: the rest of the server's round (sampling, applying the update),
-- driver: what the driver adds per round (MLflow logging, Parquet and checkpoint writes).
+- driver: what the driver adds per round, the gap between two rounds' reports less the round (its MLflow
+  logging, Parquet and checkpoint writes overlap the next round, which the server computes meanwhile).
 
 Medians over rounds are written to ``benchmarks/results/round_breakdown.md``.
 
