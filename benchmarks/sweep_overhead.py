@@ -244,14 +244,14 @@ def _one_sweep(mode: str, reuse: bool, root: Path, out: Path, cpus: int) -> None
     out.write_text(json.dumps(asdict(result)))
 
 
-def _import_seconds(module: str, env: dict[str, str], repeats: int = 3) -> tuple[float, float]:
+def _import_seconds(module: str, repeats: int = 3) -> tuple[float, float]:
     """CPU and wall seconds of importing ``module`` in a new interpreter, median of ``repeats`` after one
     warm-up (the files in the page cache, as for a sweep's later processes)."""
     code = (f"import time; c, w = time.process_time(), time.perf_counter(); import {module}; "
             "print(time.process_time() - c, time.perf_counter() - w)")
     timings = []
     for _ in range(repeats + 1):
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         timings.append(tuple(float(x) for x in out.stdout.split()))
     cpu, wall = zip(*timings[1:])
     return statistics.median(cpu), statistics.median(wall)
@@ -290,7 +290,7 @@ def main() -> None:
         _one_sweep(mode, bool(int(reuse)), Path(root), Path(out), args.cpus)
         return
     repo = Path(__file__).resolve().parents[1]
-    imports = {kind: _import_seconds(module, dict(os.environ)) for kind, module in PROCESS_IMPORTS.items()}
+    imports = {kind: _import_seconds(module) for kind, module in PROCESS_IMPORTS.items()}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         modes = {mode: (reuse, dict(os.environ)) for mode, reuse in MODES.items()}

@@ -34,3 +34,9 @@ def stored_behaviour(name: str, table: str) -> dict[str, pa.Table]:
 
     return {recorded.name: pq.read_table(recorded / f"{name}.{table}.parquet")
             for recorded in sorted(BEHAVIOUR_SETS.iterdir()) if recorded.is_dir()}
+
+
+def stored_first_rounds(name: str, rounds: int) -> list[list[dict[str, float]]]:
+    """Test accuracy and loss of the behaviour run ``name``'s first ``rounds`` rounds, one list per recorded set."""
+    return [table.select(["test_accuracy", "test_loss"]).to_pylist()[:rounds]
+            for table in stored_behaviour(name, "metrics").values()]

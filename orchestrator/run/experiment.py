@@ -368,7 +368,7 @@ def _loop(run: ActiveRun, server: Any, on_round: RoundCallback | None) -> str:
                 on_round(report["metrics"])
         except StopRun:
             if in_flight is not None:
-                ray.wait([in_flight], timeout=None)
+                ray.wait([in_flight])
             raise
     return ray.get(server.describe.remote())["device"]
 

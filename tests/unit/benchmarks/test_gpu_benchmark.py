@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from machine_kind import stored_behaviour
+from machine_kind import stored_first_rounds
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 BEHAVIOUR = REPOSITORY / "tests" / "e2e" / "fixtures" / "behaviour"
@@ -31,16 +31,10 @@ def _pure_rounds(gpu_benchmark, name: str, rounds: int) -> list[dict[str, float]
         torch.set_num_threads(threads)
 
 
-def _stored_rounds(name: str, rounds: int) -> list[list[dict[str, float]]]:
-    """The run's first rounds in each recorded set (one per kind of machine: tests/machine_kind.py)."""
-    return [table.select(["test_accuracy", "test_loss"]).to_pylist()[:rounds]
-            for table in stored_behaviour(name, "metrics").values()]
-
-
 def test_the_pure_loop_reproduces_the_stored_quickstart_rounds(gpu_benchmark):
     """Same data, model, seeds, local training, aggregation and evaluation as byzlab's actors: the first
     three rounds of the stored quickstart run (digits, FedAvg), to the bit."""
-    assert _pure_rounds(gpu_benchmark, "quickstart", 3) in _stored_rounds("quickstart", 3)
+    assert _pure_rounds(gpu_benchmark, "quickstart", 3) in stored_first_rounds("quickstart", 3)
 
 
 @pytest.mark.slow  # ~40 s on 2 cores: three evaluations of the CNN on 10,000 images on one thread
@@ -51,7 +45,7 @@ def test_the_pure_loop_reproduces_the_stored_lasa_rounds_under_a_model_attack(gp
 
     if not DEBIAN_FASHION_MNIST_DIR.is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist (installed by .ci/run)")
-    assert _pure_rounds(gpu_benchmark, "fmnist_lasa_byzmean", 3) in _stored_rounds("fmnist_lasa_byzmean", 3)
+    assert _pure_rounds(gpu_benchmark, "fmnist_lasa_byzmean", 3) in stored_first_rounds("fmnist_lasa_byzmean", 3)
 
 
 def test_placement_splits_the_cpus_and_shares_the_gpu_among_actors_and_server(gpu_benchmark):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from machine_kind import stored_behaviour
+from machine_kind import stored_first_rounds
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 SCRIPT = REPOSITORY / "benchmarks" / "overhead.py"
@@ -22,9 +22,8 @@ def test_the_pure_loop_on_one_thread_reproduces_byzlabs_stored_quickstart_rounds
         result = overhead.pure_loop(["run.rounds=2"], threads=1)  # the stored run's actors: one thread each
     finally:
         torch.set_num_threads(threads)
-    stored = {recorded: [(s["test_accuracy"], s["test_loss"]) for s in table.slice(0, 2).to_pylist()]
-              for recorded, table in stored_behaviour("quickstart", "metrics").items()}
-    assert [(r["test_accuracy"], r["test_loss"]) for r in result["rounds"]] in stored.values(), stored
+    rounds = [{"test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"]} for r in result["rounds"]]
+    assert rounds in stored_first_rounds("quickstart", 2)
     assert result["threads"] == 1
 
 
