@@ -125,10 +125,13 @@ class AggregatorParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def finite_rows(updates: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-    """Rows [n] without NaN or Inf. Chunked over coordinates: ``torch.isfinite`` on the whole matrix would
-    allocate temporaries of almost twice its size."""
-    return torch.stack([torch.isfinite(block).all(dim=1) for block in updates.split(chunk, dim=1)]).all(dim=0)
+def finite_rows(updates: torch.Tensor) -> torch.Tensor:
+    """Rows [n] without NaN or Inf: exactly those whose largest and smallest entries are finite (``amax`` and
+    ``amin`` propagate NaN, and an infinity is its row's extreme). Two reductions, no temporary: on the CPU
+    ~10x faster than ``isfinite(...).all()``, which writes a bool per entry (benchmarks/results/aggregators.md)."""
+    if updates.shape[1] == 0:
+        return torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
+    return torch.isfinite(updates.amax(dim=1)) & torch.isfinite(updates.amin(dim=1))
 
 
 def require_server_inputs(name: str, updates: torch.Tensor, ctx: RoundContext, data_field: str) -> torch.Tensor:

@@ -254,9 +254,11 @@ def compare_with_before(args: argparse.Namespace) -> None:
             package.mkdir()
             (package / "byzlab").symlink_to(tree)
             before_env = {**os.environ, "PYTHONPATH": str(package)}
-            revision = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", args.before],
-                                      capture_output=True, text=True, check=True).stdout.strip()
-            heading = f"{BEFORE_HEADING}: " + ", ".join(f"n={n}, d={d:.3g}" for n, d in cells)
+            revision, head = (subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", rev],
+                                             capture_output=True, text=True, check=True).stdout.strip()
+                              for rev in (args.before, "HEAD"))
+            # named by both revisions: an earlier comparison of the same cells stays in the file
+            heading = f"{BEFORE_HEADING}, {revision} to {head}: " + ", ".join(f"n={n}, d={d:.3g}" for n, d in cells)
             lines = [
                 heading, "",
                 f"`python benchmarks/aggregators.py --before {args.before} --rules {args.rules} --cells {args.cells}`, "
