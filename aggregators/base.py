@@ -128,7 +128,8 @@ class AggregatorParams(BaseModel):
 def finite_rows(updates: torch.Tensor) -> torch.Tensor:
     """Rows [n] without NaN or Inf: exactly those whose largest and smallest entries are finite (``amax`` and
     ``amin`` propagate NaN, and an infinity is its row's extreme). Two reductions, no temporary: on the CPU
-    ~10x faster than ``isfinite(...).all()``, which writes a bool per entry (benchmarks/results/aggregators.md)."""
+    ~5x faster than ``isfinite(...).all()``, which writes a bool per entry (0.3 s against 1.6 s at n = 100,
+    d = 1.1e7 on two cores: benchmarks/results/aggregators.md)."""
     if updates.shape[1] == 0:
         return torch.ones(updates.shape[0], dtype=torch.bool, device=updates.device)
     return torch.isfinite(updates.amax(dim=1)) & torch.isfinite(updates.amin(dim=1))

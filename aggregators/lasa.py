@@ -74,7 +74,7 @@ mean a slice of coordinates at a time. On other devices ``torch.topk`` on every 
 statistics over blocks of rows. No loop over coordinates in Python.
 Beyond the input it holds the boolean Top-k mask [n, D] (a quarter of the input's bytes), per thread a
 work row in the updates' dtype, a float64 and a bool one, and one block of about 2**24 elements: a peak of
-0.6x the input at n = 100, d = 1.1e7, 6.9 s on two cores (benchmarks/results/aggregators.md; the work rows
+0.4x the input at n = 100, d = 1.1e7, 8.3 s on two cores (benchmarks/results/aggregators.md; the work rows
 weigh more with fewer clients).
 """
 
