@@ -174,7 +174,7 @@ class ServerWorker(Reusable):
     def _apply(self, update: torch.Tensor) -> bool:
         """The server optimizer's step. A non-finite aggregate (e.g. FedAvg over a NaN update) is never
         applied: the global model and the optimizer's state stay."""
-        if not bool(torch.isfinite(update).all()):
+        if not bool(aggregators.finite_rows(update.unsqueeze(0))):
             return False
         self.optimizer.step(self.global_params, update)
         return True
